@@ -1,0 +1,114 @@
+"""The pure-Python codec: the executable specification of the Cython hot path, and its fallback.
+
+It parses and builds messages with the protobuf classes of ``tensorwire.proto``; the extension in
+``_wire.pyx`` walks the wire format by hand and must give identical results for every input
+(tests/test_fastpath_*.py hold them to that).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from tensorwire import proto as pb
+from tensorwire.errors import InvalidArgument
+from tensorwire.fastpath.datatypes import CONTENTS_FIELD_DTYPES, DATATYPES
+from tensorwire.fastpath.messages import (
+    InferRequest,
+    InferResponse,
+    InputTensor,
+    ParamValue,
+    RequestedOutput,
+)
+from tensorwire.fastpath.tensors import contents_from_array, raw_from_array
+
+NAME = "twin"
+
+
+def _params(pmap) -> dict[str, ParamValue]:
+    out: dict[str, ParamValue] = {}
+    for key, p in pmap.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, which) if which else None
+    return out
+
+
+def _set_params(pmap, params: dict[str, ParamValue]) -> None:
+    for key, value in params.items():
+        p = pmap[key]
+        if isinstance(value, bool):
+            p.bool_param = value
+        elif isinstance(value, int):
+            if value >= 2**63:
+                p.uint64_param = value
+            else:
+                p.int64_param = value
+        elif isinstance(value, float):
+            p.double_param = value
+        elif isinstance(value, str):
+            p.string_param = value
+
+
+def _contents(c) -> dict:
+    out: dict = {}
+    for fd, values in c.ListFields():
+        if fd.name == "bytes_contents":
+            out[fd.name] = list(values)
+        else:
+            out[fd.name] = np.array(values, dtype=CONTENTS_FIELD_DTYPES[fd.name])
+    return out
+
+
+def decode_infer_request(buf: bytes) -> InferRequest:
+    """Decode ModelInferRequest wire bytes."""
+    msg = pb.ModelInferRequest()
+    try:
+        msg.ParseFromString(bytes(buf))
+    except DecodeError as exc:
+        raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        parameters=_params(msg.parameters),
+        inputs=[
+            InputTensor(
+                name=t.name,
+                datatype=t.datatype,
+                shape=tuple(t.shape),
+                parameters=_params(t.parameters),
+                contents=_contents(t.contents),
+            )
+            for t in msg.inputs
+        ],
+        outputs=[RequestedOutput(name=o.name, parameters=_params(o.parameters)) for o in msg.outputs],
+        raw_input_contents=list(msg.raw_input_contents),
+    )
+
+
+def build_infer_response(resp: InferResponse):
+    """The ModelInferResponse message for ``resp``."""
+    msg = pb.ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    _set_params(msg.parameters, resp.parameters)
+    for out in resp.outputs:
+        t = msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        dt = DATATYPES[out.datatype]
+        if resp.raw:
+            msg.raw_output_contents.append(bytes(raw_from_array(out.data, dt)))
+        else:
+            field, values = contents_from_array(out.data, dt)
+            getattr(t.contents, field).extend(values.tolist() if isinstance(values, np.ndarray) else values)
+    return msg
+
+
+def encode_infer_response(resp: InferResponse) -> bytes:
+    """ModelInferResponse wire bytes."""
+    return build_infer_response(resp).SerializeToString()
+
+
+def encode_stream_response(resp: InferResponse | None, error: str = "") -> bytes:
+    """ModelStreamInferResponse wire bytes: an answer, or an error message for one stream request."""
+    msg = pb.ModelStreamInferResponse(error_message=error)
+    if resp is not None:
+        msg.infer_response.CopyFrom(build_infer_response(resp))
+    return msg.SerializeToString()

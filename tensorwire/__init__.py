@@ -1,0 +1,28 @@
+"""tensorwire: PyTorch model -> optimized ONNX -> KServe v2 gRPC serving -> benchmarks.
+
+Subpackages: ``tensorwire.export`` (torch -> ONNX model repository), ``tensorwire.server`` (the gRPC
+server), ``tensorwire.fastpath`` (wire codecs: Cython hot path and its pure-Python twin),
+``tensorwire.proto`` (the wire contract), ``tensorwire.bench`` (benchmarks), ``tensorwire.client``
+(a small Python client).
+"""
+
+from tensorwire.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TensorwireError,
+    Unavailable,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "TensorwireError",
+    "InvalidArgument",
+    "NotFound",
+    "Unavailable",
+    "ResourceExhausted",
+    "DeadlineExceeded",
+]

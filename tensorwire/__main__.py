@@ -1,0 +1,3 @@
+from tensorwire.cli import main
+
+raise SystemExit(main())
