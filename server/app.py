@@ -1,0 +1,119 @@
+"""Assemble and run the server: gRPC, the inference service, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tensorwire import proto as pb
+from tensorwire.fastpath import load_codec
+from tensorwire.server.grpc_service import InferenceServicer
+from tensorwire.server.repository import ModelRepository
+from tensorwire.server.settings import ServerSettings
+
+log = logging.getLogger("tensorwire.server")
+
+
+def _add_to_pool(file_descriptor) -> None:
+    """Make a service's file known to our private pool so reflection can describe it."""
+    try:
+        pb.POOL.FindFileByName(file_descriptor.name)
+    except KeyError:
+        proto = descriptor_pb2.FileDescriptorProto()
+        file_descriptor.CopyToProto(proto)
+        pb.POOL.Add(proto)
+
+
+class TensorwireServer:
+    """A started server; ``stop()`` drains it. ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.codec = load_codec(settings.fastpath)
+        self.repository = ModelRepository(settings)
+        self.servicer = InferenceServicer(self.repository, self.codec)
+        self.health = health.HealthServicer()
+        self._grpc: grpc.Server | None = None
+        self.port = 0
+
+    def start(self) -> TensorwireServer:
+        s = self.settings
+        log.info("fastpath codec: %s", "Cython extension" if self.codec.name == "ext" else "pure-Python twin")
+        self.repository.load_all()
+        options = [
+            ("grpc.max_receive_message_length", s.max_receive_message_bytes),
+            ("grpc.max_send_message_length", s.max_send_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.handler_threads, thread_name_prefix="tensorwire-rpc"),
+            options=options,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+        )
+        server.add_generic_rpc_handlers((self.servicer.generic_handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        _add_to_pool(health_pb2.DESCRIPTOR)
+        reflection.enable_server_reflection(
+            [pb.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+            pool=pb.POOL,
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {s.host}:{s.grpc_port}")
+        server.start()
+        self._grpc = server
+        self.servicer.started.set()
+        self._set_health()
+        if s.port_file:
+            s.port_file.write_text(str(self.port))
+        return self
+
+    def _set_health(self) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if self.servicer.is_ready()
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set("", status)
+        self.health.set(pb.SERVICE_NAME, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new RPCs, let those in flight finish (up to ``grace`` seconds), then close."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        self.servicer.draining.set()
+        self.health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait(grace + 5)
+            self._grpc = None
+
+    def wait(self) -> None:
+        if self._grpc is not None:
+            self._grpc.wait_for_termination()
+
+
+def serve(settings: ServerSettings) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully and return 0."""
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum, _frame) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = TensorwireServer(settings).start()
+    models = ", ".join(server.servicer.ready_models()) or "none"
+    print(f"tensorwire: serving {pb.SERVICE_NAME} on {settings.host}:{server.port} "
+          f"(fastpath: {server.codec.name}; models ready: {models})", flush=True)
+    while not stop.wait(0.5):
+        server._set_health()
+    log.info("%s received: draining (grace %.1fs)", received[0] if received else "stop", settings.shutdown_grace_s)
+    server.stop()
+    print("tensorwire: stopped cleanly", flush=True)
+    return 0

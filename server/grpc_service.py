@@ -1,0 +1,194 @@
+"""The RPC layer: ``inference.GRPCInferenceService`` handlers over the repository and the engine.
+
+Registered as a generic handler, without generated servicer classes: ModelInfer and ModelStreamInfer
+take the request as the raw bytes grpcio received (no deserializer) and return wire bytes (no
+serializer), so the fastpath codec is the only thing that touches tensor data. The other RPCs are
+rare and use the protobuf classes of ``tensorwire.proto``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from tensorwire import __version__
+from tensorwire import proto as pb
+from tensorwire.errors import InvalidArgument, NotFound, TensorwireError, Unavailable
+from tensorwire.fastpath import Codec
+from tensorwire.server.inference import InferenceEngine
+from tensorwire.server.repository import READY, ModelRepository
+
+log = logging.getLogger("tensorwire.grpc")
+
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters"]
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, TensorwireError):
+        context.abort(exc.code, str(exc))
+    log.exception("internal error in handler")
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+class InferenceServicer:
+    """Handlers of every RPC; ``draining`` flips on shutdown so new work is refused."""
+
+    def __init__(self, repository: ModelRepository, codec: Codec) -> None:
+        self.repository = repository
+        self.engine = InferenceEngine(repository)
+        self.codec = codec
+        self.draining = threading.Event()
+        self.started = threading.Event()
+
+    # -- health ------------------------------------------------------------------------------
+    def is_ready(self) -> bool:
+        if self.draining.is_set() or not self.started.is_set():
+            return False
+        return not (self.repository.settings.strict_readiness and self.repository.startup_failures)
+
+    def server_live(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    def server_ready(self, request, context):
+        return pb.ServerReadyResponse(ready=self.is_ready())
+
+    def model_ready(self, request, context):
+        try:
+            self.repository.get(request.name, request.version)
+        except (NotFound, Unavailable):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=not self.draining.is_set())
+
+    def server_metadata(self, request, context):
+        return pb.ServerMetadataResponse(name="tensorwire", version=__version__, extensions=EXTENSIONS)
+
+    # -- model description -------------------------------------------------------------------
+    def model_metadata(self, request, context):
+        model = self.repository.get(request.name, request.version)
+        spec = model.spec
+        entry = self.repository.entry(request.name)
+        msg = pb.ModelMetadataResponse(
+            name=spec.name,
+            versions=sorted(entry.versions, key=int) if entry else [model.version],
+            platform=spec.config.platform or "onnxruntime_onnx",
+        )
+        for t in spec.inputs:
+            msg.inputs.add(name=t.name, datatype=t.datatype.name, shape=spec.full_shape(t))
+        for t in spec.outputs:
+            msg.outputs.add(name=t.name, datatype=t.datatype.name, shape=spec.full_shape(t))
+        return msg
+
+    def model_config(self, request, context):
+        model = self.repository.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=model.spec.config)
+
+    def model_statistics(self, request, context):
+        resp = pb.ModelStatisticsResponse()
+        if request.name:
+            models = [self.repository.get(request.name, request.version)]
+        else:
+            models = self.repository.loaded()
+        for m in models:
+            resp.model_stats.append(m.stats.to_proto(m.spec.name, m.version))
+        return resp
+
+    # -- repository --------------------------------------------------------------------------
+    def repository_index(self, request, context):
+        resp = pb.RepositoryIndexResponse()
+        for name, version, state, reason in self.repository.index(ready_only=request.ready):
+            resp.models.add(name=name, version=version, state=state, reason=reason)
+        return resp
+
+    def repository_model_load(self, request, context):
+        self._check_repository_name(request.repository_name)
+        config_json = None
+        for key, param in request.parameters.items():
+            if key == "config":
+                config_json = param.string_param
+            else:
+                raise InvalidArgument(
+                    f"load parameter '{key}' is not supported; tensorwire accepts 'config' (a ModelConfig as JSON)"
+                )
+        self.repository.load(request.model_name, config_json)
+        return pb.RepositoryModelLoadResponse()
+
+    def repository_model_unload(self, request, context):
+        self._check_repository_name(request.repository_name)
+        self.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _check_repository_name(self, name: str) -> None:
+        if name and name != self.repository.root.name and name != str(self.repository.root):
+            raise NotFound(f"unknown repository '{name}'; this server has one: '{self.repository.root}'")
+
+    # -- inference (bytes in, bytes out) -----------------------------------------------------
+    def model_infer(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes:
+        if self.draining.is_set():
+            raise Unavailable("server is shutting down; not accepting new requests")
+        request = self.codec.decode_infer_request(request_bytes)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        return self.codec.encode_infer_response(self.engine.infer(request, deadline))
+
+    def model_stream_infer(self, request_iterator: Iterator[bytes], context) -> Iterator[bytes]:
+        """Answer each streamed request in order; a failed one gets error_message, the stream goes on."""
+        for request_bytes in request_iterator:
+            if self.draining.is_set():
+                yield self.codec.encode_stream_response(None, "server is shutting down; not accepting new requests")
+                return
+            try:
+                request = self.codec.decode_infer_request(request_bytes)
+                response = self.engine.infer(request)
+            except TensorwireError as exc:
+                yield self.codec.encode_stream_response(None, str(exc))
+                continue
+            except Exception as exc:  # keep the stream alive on a bug, but say what happened
+                log.exception("internal error in stream")
+                yield self.codec.encode_stream_response(None, f"internal error: {type(exc).__name__}: {exc}")
+                continue
+            yield self.codec.encode_stream_response(response)
+
+    # -- registration ------------------------------------------------------------------------
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        def unary(method: Callable, request_cls) -> grpc.RpcMethodHandler:
+            def handler(request_bytes: bytes, context):
+                try:
+                    try:
+                        request = request_cls.FromString(request_bytes)
+                    except DecodeError as exc:
+                        raise InvalidArgument(f"malformed {request_cls.DESCRIPTOR.name}: {exc}") from None
+                    return method(request, context).SerializeToString()
+                except Exception as exc:
+                    _abort(context, exc)
+
+            return grpc.unary_unary_rpc_method_handler(handler)
+
+        def infer(request_bytes: bytes, context):
+            try:
+                return self.model_infer(request_bytes, context)
+            except Exception as exc:
+                _abort(context, exc)
+
+        handlers = {
+            "ServerLive": unary(self.server_live, pb.ServerLiveRequest),
+            "ServerReady": unary(self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": unary(self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": unary(self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": unary(self.model_metadata, pb.ModelMetadataRequest),
+            "ModelConfig": unary(self.model_config, pb.ModelConfigRequest),
+            "ModelStatistics": unary(self.model_statistics, pb.ModelStatisticsRequest),
+            "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest),
+            "RepositoryModelLoad": unary(self.repository_model_load, pb.RepositoryModelLoadRequest),
+            "RepositoryModelUnload": unary(self.repository_model_unload, pb.RepositoryModelUnloadRequest),
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
+        }
+        return grpc.method_handlers_generic_handler(pb.SERVICE_NAME, handlers)
+
+    def ready_models(self) -> list[str]:
+        return [n for n, _, s, _ in self.repository.index() if s == READY]

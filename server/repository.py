@@ -1,0 +1,169 @@
+"""The model repository: Triton's directory layout, model states, load and unload.
+
+``models/<name>/config.pbtxt`` (optional) and ``models/<name>/<version>/model.onnx``. Every loaded
+version has its own ORT session; a request without a version gets the highest loaded one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from tensorwire import proto as pb
+from tensorwire.errors import InvalidArgument, ModelLoadError, NotFound, TensorwireError, Unavailable
+from tensorwire.server.model_config import (
+    CONFIG_FILE,
+    check_supported,
+    read_model_config,
+    version_dirs,
+    versions_to_load,
+)
+from tensorwire.server.onnx_model import LoadedModel, load_model_version
+from tensorwire.server.settings import ServerSettings
+
+log = logging.getLogger("tensorwire.repository")
+
+READY, UNAVAILABLE, UNLOADED, LOADING = "READY", "UNAVAILABLE", "UNLOADED", "LOADING"
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    state: str = UNLOADED
+    reason: str = ""
+    versions: dict[str, LoadedModel] = field(default_factory=dict)
+
+    def latest(self) -> LoadedModel:
+        return self.versions[max(self.versions, key=int)]
+
+
+class ModelRepository:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.root = Path(settings.model_repository)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"model repository {self.root} is not a directory")
+        self.settings = settings
+        self._models: dict[str, ModelEntry] = {}
+        self._lock = threading.RLock()
+        self.startup_failures: list[str] = []
+
+    # -- discovery -------------------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        """Directories of the repository that hold a model (a config or a version directory)."""
+        names = []
+        for p in sorted(self.root.iterdir()):
+            if p.is_dir() and not p.name.startswith(".") and (
+                (p / CONFIG_FILE).exists() or any(c.is_dir() and c.name.isdigit() for c in p.iterdir())
+            ):
+                names.append(p.name)
+        return names
+
+    def load_all(self) -> None:
+        """Load the models asked for at startup (all of them by default); failures are kept as states."""
+        names = self.settings.load_models or self.model_names()
+        for name in names:
+            try:
+                self.load(name)
+            except TensorwireError as exc:
+                self.startup_failures.append(name)
+                log.error("model '%s' failed to load: %s", name, exc)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def load(self, name: str, config_json: str | None = None) -> ModelEntry:
+        """Load (or reload) every version of ``name`` the version policy selects."""
+        model_dir = self.root / name
+        if "/" in name or name in ("", ".", "..") or not model_dir.is_dir():
+            raise NotFound(f"model '{name}' is not in the repository {self.root}")
+        with self._lock:
+            entry = self._models.setdefault(name, ModelEntry(name))
+            entry.state, entry.reason = LOADING, ""
+        try:
+            cfg, mbs_written = read_model_config(model_dir)
+            if config_json is not None:
+                cfg = pb.ModelConfig()
+                try:
+                    json_format.Parse(config_json, cfg)
+                except json_format.ParseError as exc:
+                    raise InvalidArgument(f"model '{name}': the 'config' parameter is not a ModelConfig: {exc}") \
+                        from None
+                mbs_written = "max_batch_size" in config_json
+                cfg.name = cfg.name or name
+            check_supported(cfg)
+            available = version_dirs(model_dir)
+            if not available:
+                raise ModelLoadError(f"model '{name}' has no version directory (e.g. {model_dir}/1/model.onnx)")
+            loaded: dict[str, LoadedModel] = {}
+            for v in versions_to_load(cfg, available):
+                per_version = pb.ModelConfig()
+                per_version.CopyFrom(cfg)
+                loaded[str(v)] = load_model_version(model_dir, v, per_version, self.settings, mbs_written)
+        except TensorwireError as exc:
+            with self._lock:
+                entry.state, entry.reason = UNAVAILABLE, str(exc)
+                entry.versions = {}
+            raise
+        with self._lock:
+            entry.versions, entry.state, entry.reason = loaded, READY, ""
+            if name in self.startup_failures:
+                self.startup_failures.remove(name)
+        log.info("model '%s' ready, versions %s", name, ", ".join(loaded))
+        return entry
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None or entry.state == UNLOADED:
+                if not (self.root / name).is_dir():
+                    raise NotFound(f"model '{name}' is not in the repository {self.root}")
+                return
+            entry.versions, entry.state, entry.reason = {}, UNLOADED, "unloaded by request"
+            if name in self.startup_failures:
+                self.startup_failures.remove(name)
+        log.info("model '%s' unloaded", name)
+
+    # -- lookup ----------------------------------------------------------------------------
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        """The loaded version asked for; NOT_FOUND for unknown ones, UNAVAILABLE for models not ready."""
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None:
+                if (self.root / name).is_dir() and "/" not in name and name not in ("", ".", ".."):
+                    raise Unavailable(f"model '{name}' is in the repository but not loaded")
+                known = ", ".join(n for n, e in self._models.items() if e.state == READY) or "none"
+                raise NotFound(f"unknown model '{name}'; loaded models: {known}")
+            if entry.state != READY:
+                detail = f": {entry.reason}" if entry.reason else ""
+                raise Unavailable(f"model '{name}' is not ready (state {entry.state}){detail}")
+            if not version:
+                return entry.latest()
+            model = entry.versions.get(version)
+            if model is None:
+                raise NotFound(
+                    f"model '{name}' has no loaded version '{version}'; loaded versions: "
+                    f"{', '.join(sorted(entry.versions, key=int))}"
+                )
+            return model
+
+    def entry(self, name: str) -> ModelEntry | None:
+        with self._lock:
+            return self._models.get(name)
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return [m for e in self._models.values() for m in e.versions.values()]
+
+    def index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) for every model of the repository."""
+        rows = []
+        with self._lock:
+            for name in self.model_names():
+                entry = self._models.get(name, ModelEntry(name))
+                if entry.state == READY:
+                    rows.extend((name, v, READY, "") for v in sorted(entry.versions, key=int))
+                elif not ready_only:
+                    rows.append((name, "", entry.state, entry.reason))
+        return rows

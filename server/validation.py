@@ -1,0 +1,139 @@
+"""Check a decoded request against the model's spec and turn it into ONNX Runtime feeds.
+
+Everything a client can get wrong is caught here, before ONNX Runtime runs, and answered with
+INVALID_ARGUMENT and a message that names the tensor, what came and what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tensorwire.errors import InvalidArgument
+from tensorwire.fastpath.messages import InferRequest
+from tensorwire.fastpath.tensors import (
+    array_from_contents,
+    array_from_raw,
+    datatype,
+    element_count,
+    format_shape,
+)
+from tensorwire.server.model_config import ModelSpec, TensorSpec
+
+# Request/output parameter that asks for typed InferTensorContents instead of raw bytes
+# (the same name Triton's HTTP protocol uses for its binary tensor extension).
+BINARY_DATA = "binary_data"
+BINARY_DATA_OUTPUT = "binary_data_output"
+
+
+@dataclass
+class PreparedRequest:
+    feeds: dict[str, np.ndarray]
+    output_names: list[str]
+    batch_size: int  # 0 for models that do not batch
+    raw_output: bool
+    misaligned: int  # inputs copied because their buffer was not aligned for their dtype
+
+
+def _describe_inputs(spec: ModelSpec) -> str:
+    return ", ".join(f"{t.name} ({t.datatype.name} {format_shape(spec.full_shape(t))})" for t in spec.inputs)
+
+
+def _check_shape(spec: ModelSpec, t: TensorSpec, shape: tuple[int, ...]) -> None:
+    expected = spec.full_shape(t)
+    name = f"input '{t.name}'"
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"{name}: shape {format_shape(shape)} has a negative dimension")
+    if len(shape) != len(expected):
+        raise InvalidArgument(
+            f"{name}: shape {format_shape(shape)} has rank {len(shape)} but the model expects rank "
+            f"{len(expected)} {format_shape(expected)}"
+        )
+    for i, (got, want) in enumerate(zip(shape, expected)):
+        if want != -1 and got != want:
+            raise InvalidArgument(
+                f"{name}: dimension {i} is {got} but the model expects {want} "
+                f"(shape {format_shape(shape)}, expected {format_shape(expected)})"
+            )
+    if spec.max_batch_size > 0:
+        if shape[0] > spec.max_batch_size:
+            raise InvalidArgument(
+                f"{name}: batch size {shape[0]} exceeds the model's max_batch_size {spec.max_batch_size}"
+            )
+        if shape[0] < 1:
+            raise InvalidArgument(f"{name}: batch size must be at least 1, got {shape[0]}")
+
+
+def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
+    """Validate ``request`` against ``spec``; return ORT feeds (views of the request where possible)."""
+    n_raw = len(request.raw_input_contents)
+    if n_raw and n_raw != len(request.inputs):
+        raise InvalidArgument(
+            f"raw_input_contents has {n_raw} entries but the request has {len(request.inputs)} inputs; "
+            "send one entry per input, in input order"
+        )
+    feeds: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    misaligned = 0
+    for i, inp in enumerate(request.inputs):
+        t = spec.input_by_name.get(inp.name)
+        if t is None:
+            raise InvalidArgument(
+                f"unknown input '{inp.name}' for model '{spec.name}'; expected inputs: {_describe_inputs(spec)}"
+            )
+        if inp.name in feeds:
+            raise InvalidArgument(f"input '{inp.name}' is given more than once")
+        dt = datatype(inp.datatype, f"input '{inp.name}'")
+        if dt.name != t.datatype.name:
+            raise InvalidArgument(
+                f"input '{inp.name}': datatype {dt.name} does not match the model, which expects "
+                f"{t.datatype.name}"
+            )
+        _check_shape(spec, t, inp.shape)
+        if spec.max_batch_size > 0:
+            if batch is not None and inp.shape[0] != batch:
+                raise InvalidArgument(
+                    f"input '{inp.name}': batch size {inp.shape[0]} differs from the other inputs' {batch}"
+                )
+            batch = inp.shape[0]
+        if n_raw:
+            if inp.contents:
+                raise InvalidArgument(
+                    f"input '{inp.name}': has typed contents while the request also uses raw_input_contents; "
+                    "use one or the other for all inputs"
+                )
+            arr = array_from_raw(request.raw_input_contents[i], dt, inp.shape, f"input '{inp.name}'")
+        else:
+            if not inp.contents and element_count(inp.shape) > 0:
+                raise InvalidArgument(
+                    f"input '{inp.name}': no data; send it in contents.{dt.contents_field or 'raw'} or "
+                    "raw_input_contents"
+                )
+            arr = array_from_contents(inp.contents, dt, inp.shape, f"input '{inp.name}'")
+        if not arr.flags.aligned:
+            arr = arr.copy()
+            misaligned += 1
+        feeds[inp.name] = arr
+    missing = [t.name for t in spec.inputs if t.name not in feeds and not t.optional]
+    if missing:
+        raise InvalidArgument(
+            f"missing input(s) {', '.join(missing)} for model '{spec.name}'; expected inputs: "
+            f"{_describe_inputs(spec)}"
+        )
+
+    raw_output = request.parameters.get(BINARY_DATA_OUTPUT, True) is not False
+    if request.outputs:
+        names = []
+        for out in request.outputs:
+            if out.name not in spec.output_by_name:
+                known = ", ".join(spec.output_by_name)
+                raise InvalidArgument(f"unknown output '{out.name}' for model '{spec.name}'; outputs: {known}")
+            if out.name in names:
+                raise InvalidArgument(f"output '{out.name}' is requested more than once")
+            names.append(out.name)
+            if out.parameters.get(BINARY_DATA, True) is False:
+                raw_output = False
+    else:
+        names = [t.name for t in spec.outputs]
+    return PreparedRequest(feeds, names, batch or 0, raw_output, misaligned)
