@@ -9,9 +9,9 @@ Both expose the same three functions (``decode_infer_request``, ``encode_infer_r
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
 
 CODEC_ENV = "TENSORWIRE_FASTPATH"
 CODEC_CHOICES = ("auto", "ext", "twin")

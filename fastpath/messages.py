@@ -8,13 +8,12 @@ the two codecs field by field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
-ParamValue = Union[bool, int, str, float]
+ParamValue = bool | int | str | float
 # Typed contents as decoded: field name -> values (a numpy array, or a list of bytes for bytes_contents).
-Contents = dict[str, Union[np.ndarray, list]]
+Contents = dict[str, np.ndarray | list]
 
 
 @dataclass(slots=True)

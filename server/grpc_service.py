@@ -89,10 +89,8 @@ class InferenceServicer:
 
     def model_statistics(self, request, context):
         resp = pb.ModelStatisticsResponse()
-        if request.name:
-            models = [self.repository.get(request.name, request.version)]
-        else:
-            models = self.repository.loaded()
+        models = ([self.repository.get(request.name, request.version)] if request.name
+                  else self.repository.loaded())
         for m in models:
             resp.model_stats.append(m.stats.to_proto(m.spec.name, m.version))
         return resp

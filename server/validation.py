@@ -65,6 +65,21 @@ def _check_shape(spec: ModelSpec, t: TensorSpec, shape: tuple[int, ...]) -> None
             raise InvalidArgument(f"{name}: batch size must be at least 1, got {shape[0]}")
 
 
+def _bytes_as_text(arr: np.ndarray, name: str) -> np.ndarray:
+    """ONNX Runtime string tensors hold text: BYTES elements must be UTF-8 (it would str() raw bytes)."""
+    out = np.empty(arr.shape, dtype=object)
+    flat, dst = arr.reshape(-1), out.reshape(-1)
+    for i, item in enumerate(flat):
+        try:
+            dst[i] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(
+                f"input '{name}': BYTES element {i} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                "ONNX string tensors carry text"
+            ) from None
+    return out
+
+
 def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
     """Validate ``request`` against ``spec``; return ORT feeds (views of the request where possible)."""
     n_raw = len(request.raw_input_contents)
@@ -111,7 +126,9 @@ def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
                     "raw_input_contents"
                 )
             arr = array_from_contents(inp.contents, dt, inp.shape, f"input '{inp.name}'")
-        if not arr.flags.aligned:
+        if dt.name == "BYTES":
+            arr = _bytes_as_text(arr, inp.name)
+        elif not arr.flags.aligned:
             arr = arr.copy()
             misaligned += 1
         feeds[inp.name] = arr

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
-from tensorwire.server.providers import CPU, CUDA, TRT, plan_providers
 
 from tensorwire import proto as pb
 from tensorwire.errors import ModelLoadError
+from tensorwire.server.providers import CPU, CUDA, TRT, plan_providers
 
 ALL = [TRT, CUDA, CPU]
 
