@@ -2,7 +2,7 @@
 
 Test modules import helpers as top-level modules (``from serving import start_server``,
 ``from models import ...``): tests/ has no __init__.py, so pytest puts tests/ itself on sys.path and
-never the repository root, whose ``tensorwire/`` folder would shadow the installed package.
+the tests always exercise the installed package.
 """
 
 from __future__ import annotations

@@ -182,3 +182,27 @@ def test_triton_repository_copy_loads_unchanged(tmp_path, test_repository):
     with start_server(repo) as s:
         c = grpcclient.InferenceServerClient(s.address)
         assert c.infer("add_sub", _add_sub_inputs(3.0)).as_numpy("OUTPUT1")[0, 0] == 0.0
+
+
+def test_expired_deadline_is_not_computed(tmp_path):
+    """With one handler thread busy for ~1 s, a request with a 0.3 s deadline expires while it waits:
+    the client gets DEADLINE_EXCEEDED and the server never runs the model for it."""
+    repo = tmp_path / "models"
+    write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
+    with start_server(repo, "--handler-threads", "1") as s:
+        c = grpcclient.InferenceServerClient(s.address)
+        x = np.ones((2048, 512), np.float32)
+        inp = grpcclient.InferInput("X", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        c.infer("slow", [inp])  # warm up: execution 1
+        busy = threading.Thread(target=lambda: c.infer("slow", [inp]))  # execution 2
+        busy.start()
+        time.sleep(0.1)
+        with pytest.raises(InferenceServerException) as err:
+            c.infer("slow", [inp], client_timeout=0.3)
+        assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        busy.join(timeout=60)
+        time.sleep(0.5)  # let the expired request reach the handler, if it ever does
+        stats = c.get_inference_statistics("slow", as_json=True)["model_stats"][0]
+        assert int(stats["execution_count"]) == 2
+        assert int(stats["inference_stats"]["success"]["count"]) == 2

@@ -1,0 +1,95 @@
+"""Servers in child processes on loopback: tensorwire itself and the bare grpcio echo floor.
+
+Used by the demo, the benchmarks and the tests alike, so that every measurement and every test talks
+to a real server over a real socket, started the way a user starts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+STARTUP_TIMEOUT_S = 120.0
+
+
+@dataclass
+class ServerProcess:
+    address: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _wait_live(address: str, proc: subprocess.Popen, log_path: Path, deadline: float) -> None:
+    """Poll ServerLive (answered by tensorwire; the echo server answers UNIMPLEMENTED, which also means up)."""
+    with grpc.insecure_channel(address) as channel:
+        live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                live(b"", timeout=1.0)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return
+                time.sleep(0.05)
+    raise TimeoutError(f"server at {address} not live after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()}")
+
+
+@contextlib.contextmanager
+def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None = None,
+           check_exit: bool = True, stop_timeout_s: float = 30.0) -> Iterator[ServerProcess]:
+    """Run ``python <args> --port-file F`` (a server on port 0), wait until it is live, SIGTERM it on exit."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="tensorwire-"))
+    stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+    port_file = workdir / f"port-{stamp}"
+    log_path = workdir / f"server-{stamp}.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, *args, "--port-file", str(port_file)], stdout=log_file,
+                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not port_file.exists() or not port_file.read_text().strip():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start (exit {proc.poll()}):\n{log_path.read_text()}")
+            time.sleep(0.05)
+        address = f"127.0.0.1:{port_file.read_text().strip()}"
+        _wait_live(address, proc, log_path, deadline)
+        yield ServerProcess(address, proc, log_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"server did not stop within {stop_timeout_s}s of SIGTERM:\n"
+                                     f"{log_path.read_text()}") from None
+        if check_exit and proc.returncode != 0:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+
+
+def tensorwire_server(repository: Path, *extra_args: str, **kw) -> contextlib.AbstractContextManager[ServerProcess]:
+    """`tensorwire serve` on 127.0.0.1 and a free port."""
+    args = ["-m", "tensorwire", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
+            "--grpc-port", "0", *extra_args]
+    return launch(args, workdir=kw.pop("workdir", Path(repository).parent), **kw)
+
+
+def echo_server(response_bytes: int, **kw) -> contextlib.AbstractContextManager[ServerProcess]:
+    """The bare grpcio echo server (tensorwire.bench.echo) answering with ``response_bytes`` bytes."""
+    return launch(["-m", "tensorwire.bench.echo", "--response-bytes", str(response_bytes), "--port", "0"], **kw)
