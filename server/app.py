@@ -50,7 +50,7 @@ class TensorwireServer:
         options = [
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),
             ("grpc.max_send_message_length", s.max_send_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.handler_threads, thread_name_prefix="tensorwire-rpc"),
@@ -90,14 +90,19 @@ class TensorwireServer:
         if self._grpc is not None:
             self._grpc.stop(grace).wait(grace + 5)
             self._grpc = None
+        self.repository.close()
 
     def wait(self) -> None:
         if self._grpc is not None:
             self._grpc.wait_for_termination()
 
 
-def serve(settings: ServerSettings) -> int:
+def serve(settings: ServerSettings, quiet: bool = False) -> int:
     """Run until SIGTERM or SIGINT, then shut down gracefully and return 0."""
+    if settings.workers > 1:
+        from tensorwire.server.workers import serve_workers
+
+        return serve_workers(settings)
     stop = threading.Event()
     received: list[str] = []
 
@@ -109,11 +114,13 @@ def serve(settings: ServerSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     server = TensorwireServer(settings).start()
     models = ", ".join(server.servicer.ready_models()) or "none"
-    print(f"tensorwire: serving {pb.SERVICE_NAME} on {settings.host}:{server.port} "
-          f"(fastpath: {server.codec.name}; models ready: {models})", flush=True)
+    if not quiet:
+        print(f"tensorwire: serving {pb.SERVICE_NAME} on {settings.host}:{server.port} "
+              f"(fastpath: {server.codec.name}; models ready: {models})", flush=True)
     while not stop.wait(0.5):
         server._set_health()
     log.info("%s received: draining (grace %.1fs)", received[0] if received else "stop", settings.shutdown_grace_s)
     server.stop()
-    print("tensorwire: stopped cleanly", flush=True)
+    if not quiet:
+        print("tensorwire: stopped cleanly", flush=True)
     return 0

@@ -28,6 +28,18 @@ log = logging.getLogger("tensorwire.grpc")
 EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters"]
 
 
+# grpcio reports "no deadline" as a time_remaining() of about 2**63 seconds.
+_NO_DEADLINE_S = 1e9
+
+
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The client's deadline as a time.monotonic() instant, or None when it set none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE_S:
+        return None
+    return time.monotonic() + remaining
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, TensorwireError):
         context.abort(exc.code, str(exc))
@@ -129,9 +141,8 @@ class InferenceServicer:
         if self.draining.is_set():
             raise Unavailable("server is shutting down; not accepting new requests")
         request = self.codec.decode_infer_request(request_bytes)
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        return self.codec.encode_infer_response(self.engine.infer(request, deadline))
+        return self.codec.encode_infer_response(
+            self.engine.infer(request, deadline_of(context), context.is_active))
 
     def model_stream_infer(self, request_iterator: Iterator[bytes], context) -> Iterator[bytes]:
         """Answer each streamed request in order; a failed one gets error_message, the stream goes on."""
@@ -141,7 +152,7 @@ class InferenceServicer:
                 return
             try:
                 request = self.codec.decode_infer_request(request_bytes)
-                response = self.engine.infer(request)
+                response = self.engine.infer(request, deadline_of(context), context.is_active)
             except TensorwireError as exc:
                 yield self.codec.encode_stream_response(None, str(exc))
                 continue

@@ -8,54 +8,46 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
-from tensorwire.errors import DeadlineExceeded, InvalidArgument, TensorwireError
+from tensorwire.errors import DeadlineExceeded, TensorwireError
 from tensorwire.fastpath.messages import InferRequest, InferResponse, OutputTensor
-from tensorwire.server.onnx_model import LoadedModel
 from tensorwire.server.repository import ModelRepository
-from tensorwire.server.statistics import RequestTimes
 from tensorwire.server.validation import prepare
 
 log = logging.getLogger("tensorwire.inference")
-
-
-def _ort_error(exc: Exception, model: LoadedModel) -> TensorwireError:
-    kind = type(exc).__name__
-    msg = f"model '{model.spec.name}' version {model.version}: ONNX Runtime rejected the request: {exc}"
-    if kind in ("InvalidArgument", "InvalidProtobuf"):
-        return InvalidArgument(msg)
-    return TensorwireError(msg)
 
 
 class InferenceEngine:
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
 
-    def infer(self, request: InferRequest, deadline: float | None = None) -> InferResponse:
-        """Validate, run and package one request. ``deadline`` is a time.monotonic() instant."""
+    def infer(self, request: InferRequest, deadline: float | None = None,
+              is_active: Callable[[], bool] | None = None) -> InferResponse:
+        """Validate, schedule, run and package one request.
+
+        ``deadline`` is a time.monotonic() instant; ``is_active`` tells whether the client is still
+        waiting (a cancelled request is dropped from a batcher queue).
+        """
         start = time.perf_counter_ns()
         model = self.repository.get(request.model_name, request.model_version)
-        times = RequestTimes()
         try:
             prep = prepare(request, model.spec)
             if prep.misaligned:
-                model.count_misaligned()
-            t1 = time.perf_counter_ns()
-            times.compute_input_ns = t1 - start
+                model.count_misaligned(prep.misaligned)
+            validated = time.perf_counter_ns()
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded(
                     f"deadline passed before model '{model.spec.name}' ran; nothing was computed"
                 )
-            try:
-                arrays = model.run(prep.feeds, prep.output_names)
-            except Exception as exc:  # ORT's pybind exceptions
-                raise _ort_error(exc, model) from None
+            execution = model.scheduler.execute(prep, deadline, is_active)
+            times = execution.times
+            times.compute_input_ns += validated - start
             t2 = time.perf_counter_ns()
-            times.compute_infer_ns = t2 - t1
             outputs = []
-            for name, arr in zip(prep.output_names, arrays):
+            for name, arr in zip(prep.output_names, execution.outputs):
                 spec = model.spec.output_by_name[name]
                 arr = np.asarray(arr)
                 outputs.append(OutputTensor(name, spec.datatype.name, tuple(arr.shape), arr))
@@ -70,6 +62,5 @@ class InferenceEngine:
         except TensorwireError:
             model.stats.record_failure(time.perf_counter_ns() - start)
             raise
-        model.stats.record_execution(prep.batch_size, times)
         model.stats.record_success(prep.batch_size, time.perf_counter_ns() - start, times)
         return response

@@ -80,7 +80,8 @@ class ModelRepository:
             raise NotFound(f"model '{name}' is not in the repository {self.root}")
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(name))
-            entry.state, entry.reason = LOADING, ""
+            if entry.state != READY:  # a reload keeps serving the old versions until the new ones are up
+                entry.state, entry.reason = LOADING, ""
         try:
             cfg, mbs_written = read_model_config(model_dir)
             if config_json is not None:
@@ -103,13 +104,18 @@ class ModelRepository:
                 loaded[str(v)] = load_model_version(model_dir, v, per_version, self.settings, mbs_written)
         except TensorwireError as exc:
             with self._lock:
+                old, entry.versions = entry.versions, {}
                 entry.state, entry.reason = UNAVAILABLE, str(exc)
-                entry.versions = {}
+            for model in old.values():
+                model.close()
             raise
         with self._lock:
+            old = entry.versions
             entry.versions, entry.state, entry.reason = loaded, READY, ""
             if name in self.startup_failures:
                 self.startup_failures.remove(name)
+        for model in old.values():
+            model.close()
         log.info("model '%s' ready, versions %s", name, ", ".join(loaded))
         return entry
 
@@ -120,9 +126,12 @@ class ModelRepository:
                 if not (self.root / name).is_dir():
                     raise NotFound(f"model '{name}' is not in the repository {self.root}")
                 return
+            old = entry.versions
             entry.versions, entry.state, entry.reason = {}, UNLOADED, "unloaded by request"
             if name in self.startup_failures:
                 self.startup_failures.remove(name)
+        for model in old.values():
+            model.close()
         log.info("model '%s' unloaded", name)
 
     # -- lookup ----------------------------------------------------------------------------
@@ -151,6 +160,13 @@ class ModelRepository:
     def entry(self, name: str) -> ModelEntry | None:
         with self._lock:
             return self._models.get(name)
+
+    def close(self) -> None:
+        """Stop every model's scheduler (batcher threads); used at shutdown."""
+        with self._lock:
+            models = [m for e in self._models.values() for m in e.versions.values()]
+        for m in models:
+            m.close()
 
     def loaded(self) -> list[LoadedModel]:
         with self._lock:

@@ -19,8 +19,12 @@ class ServerSettings:
     port_file: Path | None = None
     max_receive_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_send_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    # Threads that run RPC handlers; ONNX Runtime releases the GIL while it computes.
-    handler_threads: int = 8
+    # Threads that run RPC handlers. A request waiting in a batcher queue holds one, so this bounds
+    # the requests that can be queued at once; ONNX Runtime releases the GIL while it computes.
+    handler_threads: int = 64
+    # Requests a dynamic batcher queues before answering RESOURCE_EXHAUSTED, unless the model's
+    # dynamic_batching.default_queue_policy.max_queue_size says otherwise.
+    max_queue_size: int = 1024
     # RPCs admitted at once; beyond that the server answers RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1024
     # "auto" (extension if built), "ext" or "twin" (see tensorwire.fastpath).
@@ -42,3 +46,7 @@ class ServerSettings:
     trt_cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("TENSORWIRE_TRT_CACHE", "")
                                                              or Path.home() / ".cache" / "tensorwire" / "trt"))
     log_level: str = "INFO"
+    # Server processes sharing the port (SO_REUSEPORT); see tensorwire.server.workers.
+    workers: int = 1
+    # Set on worker processes: bind the port with SO_REUSEPORT alongside the other workers.
+    reuse_port: bool = False

@@ -18,9 +18,15 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--grpc-port", type=int, default=8001, help="port (default 8001; 0 picks a free one)")
     p.add_argument("--port-file", type=Path, help="write the bound port to this file once listening")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port via SO_REUSEPORT, each with its own sessions (default 1)")
     p.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
                    help="largest request and response in MiB (default 64: a batch of 64 3x224x224 FP32 images)")
-    p.add_argument("--handler-threads", type=int, default=8, help="threads running RPC handlers (default 8)")
+    p.add_argument("--handler-threads", type=int, default=64,
+                   help="threads running RPC handlers; bounds requests waiting in batcher queues (default 64)")
+    p.add_argument("--max-queue-size", type=int, default=1024,
+                   help="requests a dynamic batcher queues before RESOURCE_EXHAUSTED, unless the model's "
+                   "config sets dynamic_batching.default_queue_policy.max_queue_size (default 1024)")
     p.add_argument("--max-concurrent-rpcs", type=int, default=1024,
                    help="RPCs admitted at once; more get RESOURCE_EXHAUSTED (default 1024)")
     p.add_argument("--fastpath", choices=["auto", "ext", "twin"], default=None,
@@ -61,6 +67,7 @@ def _run_serve(args) -> int:
         max_receive_message_bytes=max_bytes,
         max_send_message_bytes=max_bytes,
         handler_threads=args.handler_threads,
+        max_queue_size=args.max_queue_size,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         fastpath=args.fastpath or "",
         load_models=args.load_model,
@@ -71,6 +78,7 @@ def _run_serve(args) -> int:
         strict_readiness=not args.no_strict_readiness,
         shutdown_grace_s=args.shutdown_grace,
         log_level=args.log_level,
+        workers=max(1, args.workers),
     )
     try:
         return serve(settings)

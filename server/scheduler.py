@@ -1,0 +1,232 @@
+"""How requests reach a model's instances: directly, or through a dynamic batcher.
+
+A model has ``instance_group { count }`` instances (ORT sessions). Without dynamic batching a request
+waits for a free instance and runs alone (Triton's default scheduler). With ``dynamic_batching`` a
+request joins a bounded queue; one worker per instance takes the oldest request, gathers queued
+requests whose non-batch shapes, datatypes and requested outputs match, up to ``max_batch_size`` rows,
+waits at most ``max_queue_delay_microseconds`` for more (less once a ``preferred_batch_size`` is
+reached), runs them as one batch and splits the outputs back. Requests are validated before they
+join, so a bad one never reaches a batch; expired and cancelled ones are dropped before they run.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tensorwire.errors import DeadlineExceeded, ResourceExhausted, TensorwireError, Unavailable
+from tensorwire.server.statistics import ModelStatistics, RequestTimes
+from tensorwire.server.validation import PreparedRequest
+
+log = logging.getLogger("tensorwire.scheduler")
+
+Runner = Callable[[dict, list], list]  # (feeds, output_names) -> output arrays
+
+
+@dataclass
+class Execution:
+    """What a scheduler hands back for one request."""
+
+    outputs: list[np.ndarray]
+    times: RequestTimes
+    batch_size: int  # rows of the batch the request ran in
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _expired(model: str) -> DeadlineExceeded:
+    return DeadlineExceeded(f"deadline passed while the request waited for model '{model}'; nothing was computed")
+
+
+class DirectScheduler:
+    """One request per execution; waits for a free instance."""
+
+    def __init__(self, name: str, runners: list[Runner], stats: ModelStatistics) -> None:
+        self.name = name
+        self.stats = stats
+        self._free: queue.Queue[Runner] = queue.Queue()
+        for r in runners:
+            self._free.put(r)
+
+    def execute(self, prep: PreparedRequest, deadline: float | None = None,
+                is_active: Callable[[], bool] | None = None) -> Execution:
+        t0 = time.perf_counter_ns()
+        try:
+            remaining = _remaining(deadline)
+            runner = self._free.get(timeout=None if remaining is None else max(remaining, 0.0))
+        except queue.Empty:
+            raise _expired(self.name) from None
+        try:
+            t1 = time.perf_counter_ns()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _expired(self.name)
+            outputs = runner(prep.feeds, prep.output_names)
+            t2 = time.perf_counter_ns()
+        finally:
+            self._free.put(runner)
+        times = RequestTimes(queue_ns=t1 - t0, compute_infer_ns=t2 - t1)
+        self.stats.record_execution(prep.batch_size, times)
+        return Execution(outputs, times, prep.batch_size)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class _Pending:
+    prep: PreparedRequest
+    key: tuple
+    rows: int
+    deadline: float | None
+    is_active: Callable[[], bool] | None
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    done: threading.Event = field(default_factory=threading.Event)
+    abandoned: bool = False
+    result: Execution | None = None
+    error: BaseException | None = None
+
+    def finish(self, result: Execution | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+def batch_key(prep: PreparedRequest) -> tuple:
+    """Requests may share a batch when everything but the batch dimension matches."""
+    return (tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(prep.feeds.items())),
+            tuple(prep.output_names), prep.raw_output)
+
+
+class DynamicBatcher:
+    """A bounded queue and one batching worker thread per instance."""
+
+    def __init__(self, name: str, runners: list[Runner], stats: ModelStatistics, max_batch_size: int,
+                 preferred_batch_sizes: list[int], max_queue_delay_us: int, max_queue_size: int) -> None:
+        self.name = name
+        self.stats = stats
+        self.max_batch_size = max_batch_size
+        self.preferred = sorted(s for s in preferred_batch_sizes if 0 < s <= max_batch_size)
+        self.max_delay_ns = max_queue_delay_us * 1000
+        self.max_queue_size = max_queue_size
+        self._queue: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._threads = [threading.Thread(target=self._worker, args=(r,), name=f"batcher-{name}-{i}", daemon=True)
+                         for i, r in enumerate(runners)]
+        for t in self._threads:
+            t.start()
+
+    # -- request side ------------------------------------------------------------------------
+    def execute(self, prep: PreparedRequest, deadline: float | None = None,
+                is_active: Callable[[], bool] | None = None) -> Execution:
+        item = _Pending(prep, batch_key(prep), max(prep.batch_size, 1), deadline, is_active)
+        with self._cond:
+            if self._stopped:
+                raise Unavailable(f"model '{self.name}' is being unloaded")
+            if len(self._queue) >= self.max_queue_size:
+                raise ResourceExhausted(
+                    f"model '{self.name}': queue is full ({self.max_queue_size} requests waiting); retry later"
+                )
+            self._queue.append(item)
+            self._cond.notify()
+        remaining = _remaining(deadline)
+        if not item.done.wait(None if remaining is None else max(remaining, 0.0)):
+            with self._cond:
+                if not item.done.is_set():  # still queued: the worker will skip it
+                    item.abandoned = True
+            if not item.done.is_set():
+                raise _expired(self.name)
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    # -- worker side -------------------------------------------------------------------------
+    def _drop_dead(self) -> None:
+        """Remove expired, timed-out and cancelled requests from the queue (called under the lock)."""
+        now = time.monotonic()
+        keep: deque[_Pending] = deque()
+        for it in self._queue:
+            if it.abandoned or (it.is_active is not None and not it.is_active()):
+                it.finish(error=DeadlineExceeded("request cancelled or timed out while queued"))
+            elif it.deadline is not None and now >= it.deadline:
+                it.finish(error=_expired(self.name))
+            else:
+                keep.append(it)
+        self._queue = keep
+
+    def _take_batch(self) -> list[_Pending] | None:
+        with self._cond:
+            while True:
+                if self._stopped:
+                    return None
+                self._drop_dead()
+                if not self._queue:
+                    self._cond.wait()
+                    continue
+                first = self._queue[0]
+                chosen, rows, full = [], 0, False
+                for it in self._queue:
+                    if it.key != first.key:
+                        continue
+                    if rows + it.rows > self.max_batch_size:
+                        full = True
+                        break
+                    chosen.append(it)
+                    rows += it.rows
+                waited = time.perf_counter_ns() - first.enqueued_ns
+                if full or rows >= self.max_batch_size or rows in self.preferred or waited >= self.max_delay_ns:
+                    taken = set(map(id, chosen))
+                    self._queue = deque(it for it in self._queue if id(it) not in taken)
+                    return chosen
+                self._cond.wait((self.max_delay_ns - waited) / 1e9)
+
+    def _worker(self, runner: Runner) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            try:
+                self._run(runner, batch)
+            except BaseException as exc:  # never let a worker die: fail the batch, keep serving
+                log.exception("batch of model '%s' failed", self.name)
+                err = exc if isinstance(exc, TensorwireError) else TensorwireError(f"{type(exc).__name__}: {exc}")
+                for it in batch:
+                    if not it.done.is_set():
+                        it.finish(error=err)
+
+    def _run(self, runner: Runner, batch: list[_Pending]) -> None:
+        start = time.perf_counter_ns()
+        names = batch[0].prep.output_names
+        if len(batch) == 1:
+            feeds = batch[0].prep.feeds
+        else:
+            feeds = {n: np.concatenate([it.prep.feeds[n] for it in batch], axis=0) for n in batch[0].prep.feeds}
+        t_in = time.perf_counter_ns()
+        outputs = runner(feeds, names)
+        t_run = time.perf_counter_ns()
+        total = sum(it.rows for it in batch)
+        offset = 0
+        for it in batch:
+            part = [o[offset:offset + it.rows] for o in outputs] if len(batch) > 1 else list(outputs)
+            offset += it.rows
+            times = RequestTimes(queue_ns=start - it.enqueued_ns, compute_input_ns=t_in - start,
+                                 compute_infer_ns=t_run - t_in)
+            it.finish(Execution(part, times, total))
+        self.stats.record_execution(total, RequestTimes(compute_input_ns=t_in - start, compute_infer_ns=t_run - t_in))
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            pending, self._queue = list(self._queue), deque()
+            self._cond.notify_all()
+        for it in pending:
+            it.finish(error=Unavailable(f"model '{self.name}' was unloaded while the request waited"))
