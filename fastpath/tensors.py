@@ -138,7 +138,7 @@ def raw_from_array(arr: np.ndarray, dt: Datatype):
     if dt.name == "BYTES":
         return serialize_bytes_tensor(arr)
     arr = np.ascontiguousarray(arr, dtype=dt.numpy)
-    return memoryview(arr).cast("B")
+    return memoryview(arr.reshape(-1)).cast("B")  # reshape: memoryview.cast rejects empty N-d arrays
 
 
 def contents_from_array(arr: np.ndarray, dt: Datatype) -> tuple[str, np.ndarray | list]:
