@@ -12,7 +12,6 @@ join, so a bad one never reaches a batch; expired and cancelled ones are dropped
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -53,18 +52,17 @@ class DirectScheduler:
     def __init__(self, name: str, runners: list[Runner], stats: ModelStatistics) -> None:
         self.name = name
         self.stats = stats
-        self._free: queue.Queue[Runner] = queue.Queue()
-        for r in runners:
-            self._free.put(r)
+        # A semaphore counts free instances; deque append/pop are atomic (cheaper than queue.Queue).
+        self._free = deque(runners)
+        self._available = threading.Semaphore(len(runners))
 
     def execute(self, prep: PreparedRequest, deadline: float | None = None,
                 is_active: Callable[[], bool] | None = None) -> Execution:
         t0 = time.perf_counter_ns()
-        try:
-            remaining = _remaining(deadline)
-            runner = self._free.get(timeout=None if remaining is None else max(remaining, 0.0))
-        except queue.Empty:
-            raise _expired(self.name) from None
+        remaining = _remaining(deadline)
+        if not self._available.acquire(timeout=None if remaining is None else max(remaining, 0.0)):
+            raise _expired(self.name)
+        runner = self._free.pop()
         try:
             t1 = time.perf_counter_ns()
             if deadline is not None and time.monotonic() >= deadline:
@@ -72,7 +70,8 @@ class DirectScheduler:
             outputs = runner(prep.feeds, prep.output_names)
             t2 = time.perf_counter_ns()
         finally:
-            self._free.put(runner)
+            self._free.append(runner)
+            self._available.release()
         times = RequestTimes(queue_ns=t1 - t0, compute_infer_ns=t2 - t1)
         self.stats.record_execution(prep.batch_size, times)
         return Execution(outputs, times, prep.batch_size)
