@@ -130,7 +130,7 @@ def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
             arr = _bytes_as_text(arr, inp.name)
         elif not arr.flags.aligned:
             # Raw views start wherever the field sits in the message. ONNX Runtime's CPU kernels give
-            # bit-identical results on such views (tests/test_alignment.py), so they are passed as
+            # bit-identical results on such views (tests/test_fastpath_server.py), so they are passed as
             # they are, and counted; CUDA copies them to the device anyway.
             misaligned += 1
         feeds[inp.name] = arr
