@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import tempfile
@@ -58,8 +59,10 @@ def serve_workers(settings: ServerSettings) -> int:
     with reserve_port(settings.host, settings.grpc_port) as port, tempfile.TemporaryDirectory() as tmp:
         procs = []
         for i in range(n):
+            # Each worker's sessions get their share of the cores unless threads were set explicitly.
+            threads = settings.intra_op_threads or max(1, (os.cpu_count() or 1) // n)
             child = dataclasses.replace(settings, grpc_port=port, reuse_port=True, workers=1,
-                                        port_file=Path(tmp) / f"worker-{i}.port")
+                                        intra_op_threads=threads, port_file=Path(tmp) / f"worker-{i}.port")
             p = ctx.Process(target=_worker_main, args=(child, i), name=f"tensorwire-worker-{i}")
             p.start()
             procs.append((p, child.port_file))

@@ -1,0 +1,166 @@
+"""Issue evidence for throughput under load: dynamic batching off/on, 1 and 2 worker processes.
+
+Three models, each served by a real ``tensorwire serve`` and loaded by ``tensorwire bench load``'s
+generator at concurrency 1, 8 and 32:
+
+- ``mlp_large``: 2048-4096-4096-1000 (29M parameters, 117 MB). A batch-1 run reads every weight for one
+  row, so it is bound by memory bandwidth, and batching should multiply throughput.
+- ``mlp_small``: 512-1024-1024-10. gRPC dominates; batching should cost nothing.
+- ``distilbert``: DistilBERT-base (random weights) at sequence length 32, exported by tensorwire.export.
+
+``python -m tensorwire.bench.batching --out bench/results/batching [--duration S] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tensorwire.bench.fastpath_e2e import mlp_model
+from tensorwire.bench.load import LoadSettings, run_load
+from tensorwire.bench.processes import tensorwire_server
+
+MAX_BATCH = 32
+QUEUE_DELAY_US = 500
+CONCURRENCY = [1, 8, 32]
+
+
+def mlp_large_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    dims = [2048, 4096, 4096, 1000]
+    nodes, inits, prev = [], [], "input"
+    for i in range(3):
+        w = (rng.standard_normal((dims[i], dims[i + 1]), dtype=np.float32) / np.sqrt(dims[i])).astype(np.float32)
+        bias = np.zeros(dims[i + 1], np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
+        gemm_out = "output" if i == 2 else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [gemm_out]))
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [gemm_out], [f"h{i}"]))
+            prev = f"h{i}"
+    graph = helper.make_graph(nodes, "mlp_large",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 2048])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", 1000])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _config(batching: bool) -> str:
+    text = f"max_batch_size: {MAX_BATCH}\ninstance_group [ {{ count: 1 kind: KIND_CPU }} ]\n"
+    if batching:
+        text += f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}\n"
+    return text
+
+
+def _add(repo: Path, name: str, model_file: Path, io_config: str = "") -> None:
+    for batching in (False, True):
+        d = repo / f"{name}_{'on' if batching else 'off'}"
+        (d / "1").mkdir(parents=True, exist_ok=True)
+        target = d / "1" / "model.onnx"
+        if not target.exists():
+            os.link(model_file, target)
+        (d / "config.pbtxt").write_text(_config(batching) + io_config)
+
+
+def build_repository(root: Path, models: list[str]) -> dict[str, dict]:
+    """Model files plus an off/on pair of configs for each; returns the load shapes per model."""
+    repo = root / "models"
+    shapes: dict[str, dict] = {}
+    if "mlp_large" in models:
+        onnx.save(mlp_large_model(), str(root / "mlp_large.onnx"))
+        _add(repo, "mlp_large", root / "mlp_large.onnx")
+        shapes["mlp_large"] = {}
+    if "mlp_small" in models:
+        onnx.save(mlp_model(), str(root / "mlp_small.onnx"))
+        _add(repo, "mlp_small", root / "mlp_small.onnx")
+        shapes["mlp_small"] = {}
+    if "distilbert" in models:
+        from tensorwire.export import build_builtin, export_model
+
+        b = build_builtin("distilbert", size="full", seq=32)
+        export_model(b.module, b.example_inputs, name="distilbert_export", repository=root / "export",
+                     input_names=b.input_names, output_names=b.output_names, dynamic_axes=b.dynamic_axes,
+                     max_batch_size=MAX_BATCH)
+        _add(repo, "distilbert", root / "export" / "distilbert_export" / "1" / "model.onnx")
+        shapes["distilbert"] = {n: [1, 32] for n in b.input_names}
+    return shapes
+
+
+def run(out: Path | None, duration: float, models: list[str], workers: list[int]) -> list[dict]:
+    root = Path(tempfile.mkdtemp(prefix="tensorwire-batching-"))
+    shapes = build_repository(root, models)
+    rows = []
+    for model in models:
+        for batching in ("off", "on"):
+            name = f"{model}_{batching}"
+            for w in workers:
+                args = ["--load-model", name, "--workers", str(w)]
+                with tensorwire_server(root / "models", *args, workdir=root) as server:
+                    payload = run_load(LoadSettings(target=server.address, model=name, concurrency=CONCURRENCY,
+                                                    duration_s=duration, warmup_s=min(1.0, duration / 4),
+                                                    shapes=shapes[model], progress=False))
+                for level in payload["levels"]:
+                    rows.append({"model": model, "batching": batching, "workers": w,
+                                 "concurrency": level["concurrency"], "throughput_rps": level["throughput_rps"],
+                                 "p50_ms": level["latency"]["p50_ms"], "p99_ms": level["latency"]["p99_ms"],
+                                 "ok": level["ok"], "errors": level["errors"]})
+                print(markdown(rows[-len(CONCURRENCY):], header=not rows[:-len(CONCURRENCY)]), flush=True)
+    table = markdown(rows) + "\n\n" + verdicts(rows)
+    print(table)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "batching.json").write_text(json.dumps(rows, indent=2))
+        (out / "batching.md").write_text(table + "\n")
+    return rows
+
+
+def markdown(rows: list[dict], header: bool = True) -> str:
+    lines = ["| model | batching | workers | concurrency | throughput (req/s) | p50 (ms) | p99 (ms) | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---|"] if header else []
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batching']} | {r['workers']} | {r['concurrency']} | "
+                     f"{r['throughput_rps']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors'] or 0} |")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[dict]) -> str:
+    """The issue's three checks, as measured ratios (1 worker)."""
+    def get(model, batching, c, w=1):
+        return next((r for r in rows if (r["model"], r["batching"], r["concurrency"], r["workers"])
+                     == (model, batching, c, w)), None)
+
+    out = []
+    for model in sorted({r["model"] for r in rows}):
+        on32, off32, on1, off1 = get(model, "on", 32), get(model, "off", 32), get(model, "on", 1), get(model, "off", 1)
+        if on32 and off32:
+            out.append(f"- {model}: throughput at concurrency 32, batching on / off = "
+                       f"{on32['throughput_rps'] / off32['throughput_rps']:.2f}x")
+        if on1 and off1:
+            bound = off1["p50_ms"] + QUEUE_DELAY_US / 1000
+            out.append(f"- {model}: p50 at concurrency 1, batching on = {on1['p50_ms']:.2f} ms vs off + queue delay "
+                       f"= {bound:.2f} ms (ratio {on1['p50_ms'] / bound:.2f}; the bound allows 1.10)")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path)
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level (default 8)")
+    p.add_argument("--models", default="mlp_large,mlp_small,distilbert")
+    p.add_argument("--workers", default="1,2")
+    p.add_argument("--quick", action="store_true", help="mlp_small only, 1 s per level, 1 worker")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.models, args.duration, args.workers = "mlp_small", 1.0, "1"
+    run(args.out, args.duration, args.models.split(","), [int(w) for w in args.workers.split(",")])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
