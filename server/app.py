@@ -71,12 +71,12 @@ class TensorwireServer:
         server.start()
         self._grpc = server
         self.servicer.started.set()
-        self._set_health()
+        self.refresh_health()
         if s.port_file:
             s.port_file.write_text(str(self.port))
         return self
 
-    def _set_health(self) -> None:
+    def refresh_health(self) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if self.servicer.is_ready()
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set("", status)
@@ -118,7 +118,7 @@ def serve(settings: ServerSettings, quiet: bool = False) -> int:
         print(f"tensorwire: serving {pb.SERVICE_NAME} on {settings.host}:{server.port} "
               f"(fastpath: {server.codec.name}; models ready: {models})", flush=True)
     while not stop.wait(0.5):
-        server._set_health()
+        server.refresh_health()
     log.info("%s received: draining (grace %.1fs)", received[0] if received else "stop", settings.shutdown_grace_s)
     server.stop()
     if not quiet:
