@@ -12,77 +12,23 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import struct
 import time
 
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from wire_forms import from_pb, key, normalize, varint
 
 from tensorwire import proto as pb
 from tensorwire.errors import InvalidArgument
 from tensorwire.fastpath import load_codec
-from tensorwire.fastpath.datatypes import CONTENTS_FIELD_DTYPES, DATATYPES
+from tensorwire.fastpath.datatypes import DATATYPES
 from tensorwire.fastpath.messages import InferResponse, OutputTensor
 
 FUZZ_SECONDS = float(os.environ.get("TENSORWIRE_FUZZ_SECONDS", "60"))
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 # --- comparable forms (as in test_fastpath_codec.py) ---------------------------------------------------
-
-
-def _value(v):
-    if v is None:
-        return None
-    if isinstance(v, bool):
-        return ("bool", v)
-    if isinstance(v, int):
-        return ("int", v)
-    if isinstance(v, float):
-        return ("float", struct.pack("<d", v))
-    assert type(v) is str, type(v)
-    return ("str", v)
-
-
-def _array(values: np.ndarray) -> tuple:
-    """Bytes of a decoded array; NaNs compare as NaN (the twin quiets signaling fp32 NaNs, see _wire)."""
-    assert values.ndim == 1
-    if values.dtype.kind == "f":
-        values = np.where(np.isnan(values), np.nan, values).astype(values.dtype)
-    return (values.dtype.str, values.tobytes())
-
-
-def _contents(c: dict) -> dict:
-    out = {}
-    for name, values in c.items():
-        if name == "bytes_contents":
-            assert type(values) is list and all(type(x) is bytes for x in values)
-            out[name] = ("bytes", list(values))
-        else:
-            assert values.dtype == CONTENTS_FIELD_DTYPES[name]
-            out[name] = _array(values)
-    return out
-
-
-def _params(p: dict) -> list:
-    return sorted((k, _value(v)) for k, v in p.items())
-
-
-def normalize(req) -> tuple:
-    assert all(type(s) is str for s in (req.model_name, req.model_version, req.id))
-    inputs = []
-    for t in req.inputs:
-        assert type(t.shape) is tuple and all(type(d) is int for d in t.shape)
-        inputs.append((t.name, t.datatype, t.shape, _params(t.parameters), _contents(t.contents)))
-    return (
-        req.model_name,
-        req.model_version,
-        req.id,
-        _params(req.parameters),
-        inputs,
-        [(o.name, _params(o.parameters)) for o in req.outputs],
-        [bytes(memoryview(r)) for r in req.raw_input_contents],
-    )
 
 
 # --- an arena whose end touches an unreadable page -----------------------------------------------------
@@ -195,32 +141,18 @@ def requests(draw) -> pb.ModelInferRequest:
     return msg
 
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return _varint((field << 3) | wire_type)
-
-
 field_numbers = st.integers(1, 9)  # every known field number of every message, and a few unknown
 payloads = st.one_of(st.binary(max_size=12), st.text(max_size=6).map(str.encode))
 
 
 def _fields(children):
     return st.one_of(
-        st.builds(lambda f, n: _key(f, 0) + _varint(n), field_numbers, st.integers(0, 2**64 - 1)),
-        st.builds(lambda f, b: _key(f, 5) + b, field_numbers, st.binary(min_size=4, max_size=4)),
-        st.builds(lambda f, b: _key(f, 1) + b, field_numbers, st.binary(min_size=8, max_size=8)),
-        st.builds(lambda f, b: _key(f, 2) + _varint(len(b)) + b, field_numbers, payloads),
-        st.builds(lambda f, b: _key(f, 2) + _varint(len(b)) + b, field_numbers, children),
-        st.builds(lambda f, b: _key(f, 3) + b + _key(f, 4), st.integers(1, 20), children),
+        st.builds(lambda f, n: key(f, 0) + varint(n), field_numbers, st.integers(0, 2**64 - 1)),
+        st.builds(lambda f, b: key(f, 5) + b, field_numbers, st.binary(min_size=4, max_size=4)),
+        st.builds(lambda f, b: key(f, 1) + b, field_numbers, st.binary(min_size=8, max_size=8)),
+        st.builds(lambda f, b: key(f, 2) + varint(len(b)) + b, field_numbers, payloads),
+        st.builds(lambda f, b: key(f, 2) + varint(len(b)) + b, field_numbers, children),
+        st.builds(lambda f, b: key(f, 3) + b + key(f, 4), st.integers(1, 20), children),
     )
 
 
@@ -262,43 +194,13 @@ any_input = st.one_of(
 )
 
 
-def _from_pb(msg) -> tuple:
-    """The normalized form protobuf itself gives a message."""
-
-    def prm(pmap):
-        out = []
-        for k, p in pmap.items():
-            which = p.WhichOneof("parameter_choice")
-            out.append((k, _value(getattr(p, which)) if which else None))
-        return sorted(out)
-
-    def cts(c):
-        out = {}
-        for fd, values in c.ListFields():
-            if fd.name == "bytes_contents":
-                out[fd.name] = ("bytes", list(values))
-            else:
-                out[fd.name] = _array(np.array(list(values), dtype=CONTENTS_FIELD_DTYPES[fd.name]))
-        return out
-
-    return (
-        msg.model_name,
-        msg.model_version,
-        msg.id,
-        prm(msg.parameters),
-        [(t.name, t.datatype, tuple(t.shape), prm(t.parameters), cts(t.contents)) for t in msg.inputs],
-        [(o.name, prm(o.parameters)) for o in msg.outputs],
-        list(msg.raw_input_contents),
-    )
-
-
 # --- (a) valid requests --------------------------------------------------------------------------------
 
 
 @FAST
 @given(requests())
 def test_valid_requests_decode_like_protobuf(msg):
-    assert check_same(msg.SerializeToString()) == ("ok", _from_pb(msg))
+    assert check_same(msg.SerializeToString()) == ("ok", from_pb(msg))
 
 
 @FAST
@@ -306,7 +208,7 @@ def test_valid_requests_decode_like_protobuf(msg):
 def test_concatenated_requests_merge_like_protobuf(first, second):
     # protobuf's rule: concatenated messages merge (repeats append, singular fields last-wins)
     buf = first.SerializeToString() + second.SerializeToString()
-    assert check_same(buf) == ("ok", _from_pb(pb.ModelInferRequest.FromString(buf)))
+    assert check_same(buf) == ("ok", from_pb(pb.ModelInferRequest.FromString(buf)))
 
 
 # --- (b) hostile bytes ---------------------------------------------------------------------------------
