@@ -51,21 +51,26 @@ def mlp_large_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _config(batching: bool) -> str:
+MODES = ("off", "on", "eager")  # no batcher; dynamic_batching with its delay; the same with eager_batching
+
+
+def _config(mode: str) -> str:
     text = f"max_batch_size: {MAX_BATCH}\ninstance_group [ {{ count: 1 kind: KIND_CPU }} ]\n"
-    if batching:
+    if mode != "off":
         text += f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}\n"
+    if mode == "eager":
+        text += "optimization { eager_batching: true }\n"
     return text
 
 
-def _add(repo: Path, name: str, model_file: Path, io_config: str = "") -> None:
-    for batching in (False, True):
-        d = repo / f"{name}_{'on' if batching else 'off'}"
+def _add(repo: Path, name: str, model_file: Path) -> None:
+    for mode in MODES:
+        d = repo / f"{name}_{mode}"
         (d / "1").mkdir(parents=True, exist_ok=True)
         target = d / "1" / "model.onnx"
         if not target.exists():
             os.link(model_file, target)
-        (d / "config.pbtxt").write_text(_config(batching) + io_config)
+        (d / "config.pbtxt").write_text(_config(mode))
 
 
 def build_repository(root: Path, models: list[str]) -> dict[str, dict]:
@@ -97,7 +102,7 @@ def run(out: Path | None, duration: float, models: list[str], workers: list[int]
     shapes = build_repository(root, models)
     rows = []
     for model in models:
-        for batching in ("off", "on"):
+        for batching in MODES:
             name = f"{model}_{batching}"
             for w in workers:
                 args = ["--load-model", name, "--workers", str(w)]
@@ -130,21 +135,23 @@ def markdown(rows: list[dict], header: bool = True) -> str:
 
 
 def verdicts(rows: list[dict]) -> str:
-    """The issue's three checks, as measured ratios (1 worker)."""
+    """The issue's three checks, as measured ratios (1 worker); "eager" rows are shown beside "on"."""
     def get(model, batching, c, w=1):
         return next((r for r in rows if (r["model"], r["batching"], r["concurrency"], r["workers"])
                      == (model, batching, c, w)), None)
 
     out = []
     for model in sorted({r["model"] for r in rows}):
-        on32, off32, on1, off1 = get(model, "on", 32), get(model, "off", 32), get(model, "on", 1), get(model, "off", 1)
-        if on32 and off32:
-            out.append(f"- {model}: throughput at concurrency 32, batching on / off = "
-                       f"{on32['throughput_rps'] / off32['throughput_rps']:.2f}x")
-        if on1 and off1:
-            bound = off1["p50_ms"] + QUEUE_DELAY_US / 1000
-            out.append(f"- {model}: p50 at concurrency 1, batching on = {on1['p50_ms']:.2f} ms vs off + queue delay "
-                       f"= {bound:.2f} ms (ratio {on1['p50_ms'] / bound:.2f}; the bound allows 1.10)")
+        off32, off1 = get(model, "off", 32), get(model, "off", 1)
+        for mode in ("on", "eager"):
+            on32, on1 = get(model, mode, 32), get(model, mode, 1)
+            if on32 and off32:
+                out.append(f"- {model}: throughput at concurrency 32, batching {mode} / off = "
+                           f"{on32['throughput_rps'] / off32['throughput_rps']:.2f}x")
+            if on1 and off1:
+                bound = off1["p50_ms"] + QUEUE_DELAY_US / 1000
+                out.append(f"- {model}: p50 at concurrency 1, batching {mode} = {on1['p50_ms']:.2f} ms vs off + "
+                           f"queue delay = {bound:.2f} ms (ratio {on1['p50_ms'] / bound:.2f}; the bound allows 1.10)")
     return "\n".join(out)
 
 

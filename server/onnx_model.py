@@ -152,6 +152,7 @@ def make_scheduler(spec: ModelSpec, runners: list[Runner], stats: ModelStatistic
             spec.name, runners, stats, spec.max_batch_size, list(db.preferred_batch_size),
             db.max_queue_delay_microseconds,
             db.default_queue_policy.max_queue_size or settings.max_queue_size,
+            eager=cfg.optimization.eager_batching,
         )
     return DirectScheduler(spec.name, runners, stats)
 

@@ -5,7 +5,8 @@ waits for a free instance and runs alone (Triton's default scheduler). With ``dy
 request joins a bounded queue; one worker per instance takes the oldest request, gathers queued
 requests whose non-batch shapes, datatypes and requested outputs match, up to ``max_batch_size`` rows,
 waits at most ``max_queue_delay_microseconds`` for more (less once a ``preferred_batch_size`` is
-reached), runs them as one batch and splits the outputs back. Requests are validated before they
+reached; not at all with ``optimization { eager_batching: true }``), runs them as one batch and splits
+the outputs back. Requests are validated before they
 join, so a bad one never reaches a batch; expired and cancelled ones are dropped before they run.
 """
 
@@ -108,8 +109,12 @@ class DynamicBatcher:
     """A bounded queue and one batching worker thread per instance."""
 
     def __init__(self, name: str, runners: list[Runner], stats: ModelStatistics, max_batch_size: int,
-                 preferred_batch_sizes: list[int], max_queue_delay_us: int, max_queue_size: int) -> None:
+                 preferred_batch_sizes: list[int], max_queue_delay_us: int, max_queue_size: int,
+                 eager: bool = False) -> None:
         self.name = name
+        # Triton's optimization.eager_batching: an idle instance takes what is queued at once instead of
+        # waiting out the delay; batches still form from what arrives while the instances are busy.
+        self.eager = eager
         self.stats = stats
         self.max_batch_size = max_batch_size
         self.preferred = sorted(s for s in preferred_batch_sizes if 0 < s <= max_batch_size)
@@ -182,7 +187,8 @@ class DynamicBatcher:
                     chosen.append(it)
                     rows += it.rows
                 waited = time.perf_counter_ns() - first.enqueued_ns
-                if full or rows >= self.max_batch_size or rows in self.preferred or waited >= self.max_delay_ns:
+                if (full or self.eager or rows >= self.max_batch_size or rows in self.preferred
+                        or waited >= self.max_delay_ns):
                     taken = set(map(id, chosen))
                     self._queue = deque(it for it in self._queue if id(it) not in taken)
                     return chosen

@@ -26,6 +26,12 @@ max_batch_size: 8
 dynamic_batching { max_queue_delay_microseconds: 50000 }
 """
 
+EAGER = """
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 5000000 }
+optimization { eager_batching: true }
+"""
+
 SLOW_QUEUE = """
 max_batch_size: 8
 dynamic_batching { max_queue_delay_microseconds: 2000000 default_queue_policy { max_queue_size: 2 } }
@@ -38,6 +44,7 @@ def batching_server(tmp_path_factory):
     write_model(repo, "add_sub", add_sub_model(), BATCHED_ADD_SUB)
     write_model(repo, "cast", cast_model(), BATCHED_CAST)
     write_model(repo, "slow_queue", add_sub_model(), SLOW_QUEUE)
+    write_model(repo, "eager", add_sub_model(), EAGER)
     with start_server(repo) as s:
         yield s
 
@@ -186,3 +193,12 @@ def test_two_workers_serve_and_stop_cleanly(tmp_path):
             c.close()
         assert "with 2 worker processes" in s.log()
     assert "workers exited with [0, 0]; stopped cleanly" in s.log()
+
+
+def test_eager_batching_does_not_wait_for_the_delay_when_idle(batching_server):
+    """With eager_batching an idle instance runs what is queued at once: a lone request does not sit out
+    the 5 s max_queue_delay (its 2 s deadline would expire if it did)."""
+    c = grpcclient.InferenceServerClient(batching_server.address)
+    a = np.full((2, 16), 4, np.float32)
+    for _ in range(3):
+        np.testing.assert_array_equal(_add_sub(c, a, a, model="eager", client_timeout=2.0).as_numpy("OUTPUT0"), 2 * a)
