@@ -6,8 +6,8 @@ request joins a bounded queue; one worker per instance takes the oldest request,
 requests whose non-batch shapes, datatypes and requested outputs match, up to ``max_batch_size`` rows,
 waits at most ``max_queue_delay_microseconds`` for more (less once a ``preferred_batch_size`` is
 reached; not at all with ``optimization { eager_batching: true }``), runs them as one batch and splits
-the outputs back. Requests are validated before they
-join, so a bad one never reaches a batch; expired and cancelled ones are dropped before they run.
+the outputs back. Requests are validated before they join, so a bad one never reaches a batch;
+expired and cancelled ones are dropped before they run.
 """
 
 from __future__ import annotations
