@@ -1,0 +1,164 @@
+"""`tensorwire bench compare`: eager PyTorch vs torch.compile vs ONNX Runtime, per model and batch size.
+
+The parent only plans and collects: each model is prepared (built, exported, inputs and eager's
+reference outputs written) in one child process, then every (engine, batch) is measured in a child of
+its own with the same thread count. Speedups are against eager from the same run, because absolute
+times only mean something on one machine at one moment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tensorwire.bench import machine
+from tensorwire.bench.engines import MEMORY_METHOD, available_engines
+from tensorwire.bench.prepare import parse_model
+from tensorwire.bench.progress import progress_bar
+from tensorwire.bench.timing import LoopSettings
+
+
+@dataclass
+class CompareSettings:
+    models: list[str]
+    batches: list[int]
+    out: Path
+    engines: list[str] | None = None          # None: every engine available here
+    compile_modes: list[str] = field(default_factory=lambda: ["default"])
+    threads: int = 0                          # 0: the usable cores
+    size: str = "full"
+    seq: int | None = None
+    inputs: list[str] = field(default_factory=list)   # --input specs for file.py:factory models
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    quick: bool = False
+    engine_timeout_s: float = 1200.0
+    prepare_timeout_s: float = 1800.0
+    workdir: Path | None = None
+    keep_workdir: bool = False
+    progress: bool = True
+
+
+def quick_settings(s: CompareSettings) -> CompareSettings:
+    """Small models, few iterations: a CI-sized run that still exercises every engine for real."""
+    s.quick, s.size, s.loop = True, "small", LoopSettings.quick()
+    return s
+
+
+def _child(module: str, job: dict[str, Any], work: Path, stem: str, timeout_s: float,
+           env: dict[str, str]) -> dict[str, Any]:
+    """Run ``python -m module job.json result.json`` and return the result (or why there is none)."""
+    job_path, result_path, log_path = work / f"{stem}.job.json", work / f"{stem}.result.json", work / f"{stem}.log"
+    job_path.write_text(json.dumps(job))
+    result_path.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", module, str(job_path), str(result_path)], stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, **env})
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return {"ok": False, "error": f"timed out after {timeout_s:.0f} s (killed)", "wall_seconds": timeout_s}
+    wall = time.perf_counter() - t0
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+        result.setdefault("ok", "error" not in result)
+    else:
+        tail = log_path.read_text(errors="replace")[-1500:]
+        result = {"ok": False, "error": f"exit code {proc.returncode}, no result; log tail:\n{tail}"}
+    result["wall_seconds"] = wall
+    return result
+
+
+def _env(threads: int, work: Path) -> dict[str, str]:
+    """Pin every thread pool the children may start, and keep torch.compile's cache inside this run."""
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
+            "TORCHINDUCTOR_COMPILE_THREADS": n, "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor-cache"),
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+
+
+def add_ratios(results: list[dict[str, Any]]) -> None:
+    """speedup_vs_eager = eager median / engine median, for each (model, batch) of this run."""
+    eager = {(r["model"], r["batch"]): r["median_ms"] for r in results if r["engine"] == "eager" and r.get("ok")}
+    for r in results:
+        base = eager.get((r["model"], r["batch"]))
+        r["speedup_vs_eager"] = base / r["median_ms"] if r.get("ok") and base and r.get("median_ms") else None
+
+
+def run_compare(s: CompareSettings, write: Callable[[dict[str, Any], Path], Any] | None = None) -> dict[str, Any]:
+    """Measure every model x batch x engine; write JSON/markdown/plots into ``s.out`` as results arrive."""
+    from tensorwire.bench import report
+
+    write = write or report.write_compare
+    threads = s.threads or machine.cpu_count()
+    engines = s.engines or available_engines(s.compile_modes)
+    sources = [parse_model(m, s.inputs, s.size, s.seq) for m in s.models]
+    work = Path(s.workdir or tempfile.mkdtemp(prefix="tensorwire-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = _env(threads, work)
+    payload: dict[str, Any] = {
+        "kind": "compare",
+        "schema": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine.describe(),
+        "settings": {**{k: v for k, v in asdict(s).items() if k not in ("out", "workdir", "loop")},
+                     "out": str(s.out), "threads": threads, "engines": engines, "loop": asdict(s.loop),
+                     "memory_method": MEMORY_METHOD,
+                     "throughput": "items/s = batch x iterations / sum of latencies",
+                     "speedup": "eager median / engine median, same run"},
+        "models": [],
+        "results": [],
+    }
+    s.out.mkdir(parents=True, exist_ok=True)
+    bar = progress_bar(len(sources) * (1 + len(s.batches) * len(engines)), s.progress)
+    try:
+        for source in sources:
+            name = source["name"]
+            bar.set_description(f"{name}: export")
+            mwork = work / name
+            mwork.mkdir(exist_ok=True)
+            job = {"source": source, "batches": s.batches, "threads": threads, "workdir": str(mwork),
+                   "rtol": s.rtol, "atol": s.atol}
+            manifest = _child("tensorwire.bench.prepare", job, mwork, "prepare", s.prepare_timeout_s, env)
+            bar.update(1)
+            hidden = ("batches", "traceback", "weights")
+            payload["models"].append({k: v for k, v in manifest.items() if k not in hidden})
+            if "error" in manifest or "onnx" not in manifest:
+                for b in s.batches:
+                    for e in engines:
+                        payload["results"].append({"model": name, "batch": b, "engine": e, "ok": False,
+                                                   "error": f"prepare failed: {manifest.get('error')}"})
+                bar.update(len(s.batches) * len(engines))
+                continue
+            for b in s.batches:
+                for e in engines:
+                    bar.set_description(f"{name} b{b} {e}")
+                    ejob = {"engine": e, "batch": b, "threads": threads, "manifest": manifest, "loop": asdict(s.loop),
+                            "rtol": s.rtol, "atol": s.atol, "workdir": str(mwork)}
+                    result = _child("tensorwire.bench.engines", ejob, mwork, f"{e}-b{b}", s.engine_timeout_s, env)
+                    result.update(model=name, batch=b, engine=e)
+                    result.pop("traceback", None)
+                    payload["results"].append(result)
+                    add_ratios(payload["results"])
+                    write(payload, s.out)  # a long run killed midway still leaves what it measured
+                    bar.update(1)
+    finally:
+        bar.close()
+        if not s.keep_workdir and s.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    add_ratios(payload["results"])
+    write(payload, s.out)
+    return payload

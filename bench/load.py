@@ -1,0 +1,441 @@
+"""`tensorwire bench load`: a load generator for any KServe v2 gRPC endpoint (ours, Triton, MLServer, ...).
+
+It speaks only the public protocol: ModelMetadata to learn the inputs, ModelInfer with raw inputs to
+load the server. The request is encoded once and sent as raw bytes, so the generator spends its CPU on
+sending, not on protobuf. Workers are separate processes (spawned, each with its own channels) so the
+client's GIL is not what limits the figures; the parent only hands out work and merges latencies.
+
+Closed loop: ``concurrency`` callers, each sending its next request when the previous one returns.
+Open loop: requests leave on a fixed schedule (``rate`` per second, whatever the server does) and each
+latency is measured from the request's *intended* send time, so a stalled server or a late client shows
+up in the figures instead of silently lowering the load (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from tensorwire.bench import machine
+from tensorwire.bench.progress import progress_bar
+from tensorwire.bench.stats import cdf_points, percentile_ms, summarize_tail
+
+SERVICE = "/inference.GRPCInferenceService"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+START_MARGIN_S = 0.3
+
+
+@dataclass
+class LoadSettings:
+    target: str
+    model: str
+    out: Path | None = None
+    version: str = ""
+    concurrency: list[int] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    duration_s: float = 10.0
+    max_requests: int | None = None          # per level, all workers together
+    warmup_s: float = 1.0
+    processes: int = 0                       # 0: the usable cores
+    timeout_s: float = 30.0
+    shapes: dict[str, list[int]] = field(default_factory=dict)   # --shape: fills -1 dims
+    inputs: list[str] = field(default_factory=list)              # --input NAME:SHAPE:DTYPE (skips metadata)
+    data: Path | None = None
+    int_range: tuple[int, int] = (0, 1)
+    seed: int = 0
+    quick: bool = False
+    progress: bool = True
+
+
+def quick_settings(s: LoadSettings) -> LoadSettings:
+    s.quick, s.duration_s, s.warmup_s = True, min(s.duration_s, 1.0), min(s.warmup_s, 0.2)
+    return s
+
+
+# ---------------------------------------------------------------- what to send
+
+def _channel(target: str, tag: int = 0) -> grpc.Channel:
+    """A channel of its own (no shared subchannel), so each caller has its own connection."""
+    return grpc.insecure_channel(target, options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.use_local_subchannel_pool", 1),
+        ("tensorwire.bench.channel", tag),
+    ])
+
+
+def fetch_inputs(target: str, model: str, version: str = "", timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """``[{name, datatype, shape}]`` from ModelMetadata (-1 for variable dims), the protocol's own answer."""
+    from tensorwire import proto as pb
+
+    with _channel(target) as ch:
+        call = ch.unary_unary(f"{SERVICE}/ModelMetadata", request_serializer=lambda m: m.SerializeToString(),
+                              response_deserializer=pb.ModelMetadataResponse.FromString)
+        try:
+            meta = call(pb.ModelMetadataRequest(name=model, version=version), timeout=timeout_s,
+                        wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"ModelMetadata for {model!r} at {target} failed: {exc.code().name}: {exc.details()} "
+                               "(describe the inputs with --input NAME:SHAPE:DATATYPE if the server has no "
+                               "ModelMetadata)") from None
+    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs]
+
+
+def parse_input_spec(text: str) -> dict[str, Any]:
+    """``NAME:1x512:FP32`` -> an input description, for servers without ModelMetadata."""
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"--input {text!r}: expected NAME:SHAPE:DATATYPE, e.g. input:1x512:FP32")
+    return {"name": parts[0], "shape": parse_shape(parts[1]), "datatype": parts[2].upper()}
+
+
+def parse_shape(text: str) -> list[int]:
+    return [int(d) for d in text.lower().split("x")] if text else []
+
+
+def resolve_shape(meta_shape: list[int], override: list[int] | None, name: str) -> list[int]:
+    """A metadata shape with -1 dims filled: from ``--shape NAME:...`` if given, else 1."""
+    if override is not None:
+        if len(override) != len(meta_shape) or any(m not in (-1, o) for m, o in zip(meta_shape, override)):
+            raise ValueError(f"--shape {name}:{'x'.join(map(str, override))} does not fit the server's shape "
+                             f"{meta_shape} (-1 is variable)")
+        return list(override)
+    return [1 if d < 0 else d for d in meta_shape]
+
+
+def make_inputs(specs: list[dict[str, Any]], shapes: dict[str, list[int]], data: Path | None = None,
+                int_range: tuple[int, int] = (0, 1), seed: int = 0) -> tuple[dict[str, tuple[str, np.ndarray]], str]:
+    """``{name: (datatype, array)}``: real data from an .npz, else random values of the right datatype.
+
+    Integers default to 0..1, which is valid for token ids, attention masks and type ids alike.
+    """
+    from tensorwire.fastpath.datatypes import DATATYPES
+
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, tuple[str, np.ndarray]] = {}
+    npz = np.load(data) if data else None
+    unknown = sorted(set(shapes) - {s["name"] for s in specs})
+    if unknown:
+        raise ValueError(f"--shape names {unknown}, which the model does not have; inputs: "
+                         f"{[s['name'] for s in specs]}")
+    for spec in specs:
+        name, dt_name = spec["name"], spec["datatype"]
+        if dt_name not in DATATYPES:
+            raise ValueError(f"input {name!r} has datatype {dt_name!r}, not a KServe v2 datatype")
+        if npz is not None:
+            if name not in npz.files:
+                raise ValueError(f"--data {data} has no array {name!r} (it has {npz.files})")
+            arrays[name] = (dt_name, np.ascontiguousarray(npz[name]))
+            continue
+        shape = resolve_shape(spec["shape"], shapes.get(name), name)
+        np_dtype = DATATYPES[dt_name].numpy
+        if dt_name == "BYTES":
+            arr = np.array([b"tensorwire"] * math.prod(shape), dtype=object).reshape(shape)
+        elif dt_name == "BF16":
+            arr = (rng.standard_normal(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        elif dt_name == "BOOL":
+            arr = rng.integers(0, 2, shape).astype(bool)
+        elif np_dtype.kind == "f":
+            arr = rng.standard_normal(shape).astype(np_dtype)
+        else:
+            arr = rng.integers(int_range[0], int_range[1] + 1, shape).astype(np_dtype)
+        arrays[name] = (dt_name, arr)
+    return arrays, (f"{data}" if data else f"random (floats N(0,1), integers {int_range[0]}..{int_range[1]})")
+
+
+def encode(model: str, arrays: dict[str, tuple[str, np.ndarray]], version: str = "") -> bytes:
+    """Request bytes, once: tensorwire's encoder, or raw bytes by hand for BF16 (numpy has no bf16)."""
+    from tensorwire.client import encode_request
+
+    if all(dt != "BF16" for dt, _ in arrays.values()):
+        return encode_request(model, {n: a for n, (_, a) in arrays.items()}, version=version)
+    from tensorwire import proto as pb
+
+    req = pb.ModelInferRequest(model_name=model, model_version=version)
+    for name, (dt, arr) in arrays.items():
+        req.inputs.add(name=name, datatype=dt, shape=arr.shape)
+        req.raw_input_contents.append(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
+    return req.SerializeToString()
+
+
+# ---------------------------------------------------------------- workers (child processes)
+
+@dataclass
+class WorkerJob:
+    target: str
+    request: bytes
+    mode: str                  # closed | open
+    callers: int               # closed loop: concurrent callers in this worker
+    rate: float                # open loop: requests/s from this worker
+    phase_s: float             # open loop: offset of this worker's schedule
+    duration_s: float
+    max_requests: int | None
+    warmup_s: float
+    timeout_s: float
+    index: int
+
+
+def _warmup(call, request: bytes, seconds: float, timeout_s: float) -> None:
+    end = time.perf_counter() + seconds
+    while True:
+        with contextlib.suppress(grpc.RpcError):
+            call(request, timeout=timeout_s)
+        if time.perf_counter() >= end:
+            return
+
+
+def _closed(job: WorkerJob, calls: list, start: float) -> dict[str, Any]:
+    end = start + job.duration_s
+    lock = threading.Lock()
+    budget = [job.max_requests if job.max_requests is not None else math.inf]
+    lat: list[list[float]] = [[] for _ in calls]
+    errors: list[Counter] = [Counter() for _ in calls]
+    last = [start]
+
+    def take() -> bool:
+        with lock:
+            if budget[0] <= 0:
+                return False
+            budget[0] -= 1
+            return True
+
+    def caller(i: int) -> None:
+        call, mine, errs = calls[i], lat[i], errors[i]
+        while time.perf_counter() < end and take():
+            t0 = time.perf_counter()
+            try:
+                call(job.request, timeout=job.timeout_s)
+                mine.append(time.perf_counter() - t0)
+            except grpc.RpcError as exc:
+                errs[exc.code().name] += 1
+        last.append(time.perf_counter())
+
+    _sleep_until(start)
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    merged = Counter()
+    for e in errors:
+        merged.update(e)
+    latencies = [x for part in lat for x in part]
+    return {"latencies": latencies, "errors": dict(merged), "sent": len(latencies) + sum(merged.values()),
+            "start": start, "end": max(last)}
+
+
+def _open(job: WorkerJob, calls: list, start: float) -> dict[str, Any]:
+    """Send on schedule with futures; each latency counts from the intended send time."""
+    interval = 1.0 / job.rate
+    first = start + job.phase_s
+    end = start + job.duration_s
+    cap = job.max_requests if job.max_requests is not None else math.inf
+    lat: list[float] = []
+    service: list[float] = []
+    lags: list[float] = []
+    errors: Counter = Counter()
+    done_at = [start]
+    pending: list = []
+    lock = threading.Lock()
+
+    def on_done(fut, intended: float, sent: float) -> None:
+        now = time.perf_counter()
+        with lock:
+            done_at.append(now)
+            exc = fut.exception()
+            if exc is None:
+                lat.append(now - intended)
+                service.append(now - sent)
+            else:
+                errors[exc.code().name if hasattr(exc, "code") else type(exc).__name__] += 1
+
+    k = 0
+    last_send = start
+    while k < cap:
+        intended = first + k * interval
+        if intended >= end:
+            break
+        _sleep_until(intended)
+        sent = time.perf_counter()
+        lags.append(sent - intended)
+        fut = calls[k % len(calls)].future(job.request, timeout=job.timeout_s)
+        fut.add_done_callback(lambda f, i=intended, s=sent: on_done(f, i, s))
+        pending.append(fut)
+        last_send = sent
+        k += 1
+    for fut in pending:
+        with contextlib.suppress(Exception):  # failures are counted by on_done
+            fut.result(timeout=job.timeout_s + 5)
+    time.sleep(0.01)  # let the last callbacks run
+    with lock:
+        return {"latencies": list(lat), "service": list(service), "lags": lags, "errors": dict(errors),
+                "sent": k, "start": start, "end": max(done_at),
+                "last_send": last_send}
+
+
+def _sleep_until(t: float) -> None:
+    while True:
+        left = t - time.perf_counter()
+        if left <= 0:
+            return
+        time.sleep(left if left < 0.002 else left - 0.001)
+
+
+def _worker(job: WorkerJob, results, ready, go, start_at) -> None:
+    """Child process: open channels, warm up, report ready, wait for the common start, run, report."""
+    try:
+        n_channels = job.callers if job.mode == "closed" else 2
+        channels = [_channel(job.target, job.index * 1000 + i) for i in range(n_channels)]
+        calls = [ch.unary_unary(f"{SERVICE}/ModelInfer") for ch in channels]
+        for call in calls:
+            _warmup(call, job.request, job.warmup_s / max(1, len(calls)), job.timeout_s)
+        ready.put(job.index)
+        go.wait()
+        run = _closed if job.mode == "closed" else _open
+        results.put((job.index, run(job, calls, start_at.value)))
+        for ch in channels:
+            ch.close()
+    except BaseException as exc:  # the parent reports it; a worker must never hang the run
+        ready.put(job.index)
+        results.put((job.index, {"fatal": f"{type(exc).__name__}: {exc}"}))
+
+
+# ---------------------------------------------------------------- parent
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal positive shares."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, rate: float = 0.0) -> dict[str, Any]:
+    """One closed-loop concurrency or one open-loop rate, across worker processes; merged figures."""
+    max_procs = s.processes or machine.cpu_count()
+    procs = max(1, min(max_procs, concurrency)) if mode == "closed" else max(1, min(max_procs, math.ceil(rate / 50)))
+    callers = split(concurrency, procs) if mode == "closed" else [0] * procs
+    caps = split(s.max_requests, procs) if s.max_requests else [None] * procs
+    ctx = mp.get_context("spawn")
+    results, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    start_at = ctx.Value("d", 0.0)
+    jobs = [WorkerJob(s.target, request, mode, callers[i], rate / procs if mode == "open" else 0.0,
+                      i / rate if mode == "open" else 0.0, s.duration_s, caps[i], s.warmup_s, s.timeout_s, i)
+            for i in range(procs)]
+    workers = [ctx.Process(target=_worker, args=(j, results, ready, go, start_at), daemon=True) for j in jobs]
+    for w in workers:
+        w.start()
+    try:
+        for _ in workers:
+            ready.get(timeout=120 + s.warmup_s)
+        start_at.value = time.perf_counter() + START_MARGIN_S   # CLOCK_MONOTONIC: the same clock in every process
+        go.set()
+        parts = {}
+        deadline = time.monotonic() + START_MARGIN_S + s.duration_s + s.timeout_s + 60
+        while len(parts) < len(workers):
+            idx, part = results.get(timeout=max(1.0, deadline - time.monotonic()))
+            parts[idx] = part
+    except queue.Empty:
+        raise RuntimeError(f"load workers did not report within the time limit ({mode}, c={concurrency}, "
+                           f"rate={rate})") from None
+    finally:
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():
+                w.terminate()
+                w.join()
+    fatal = [p["fatal"] for p in parts.values() if "fatal" in p]
+    if fatal:
+        raise RuntimeError(f"load worker failed: {fatal[0]}")
+    return merge(list(parts.values()), mode, concurrency, rate, procs)
+
+
+def merge(parts: list[dict[str, Any]], mode: str, concurrency: int, rate: float, procs: int) -> dict[str, Any]:
+    """The figures of one level from its workers' raw latencies."""
+    latencies = [x for p in parts for x in p["latencies"]]
+    errors = Counter()
+    for p in parts:
+        errors.update(p["errors"])
+    start = min(p["start"] for p in parts)
+    window = max(p["end"] for p in parts) - start
+    ok = len(latencies)
+    level: dict[str, Any] = {
+        "mode": mode,
+        "concurrency": concurrency if mode == "closed" else None,
+        "rate_target": rate if mode == "open" else None,
+        "processes": procs,
+        "sent": sum(p["sent"] for p in parts),
+        "ok": ok,
+        "errors": dict(sorted(errors.items())),
+        "window_s": window,
+        "throughput_rps": ok / window if window > 0 else float("nan"),
+        "latency": summarize_tail(latencies),
+        "latency_from": "actual send time" if mode == "closed" else "intended send time",
+        "cdf": cdf_points(latencies),
+    }
+    if mode == "open":
+        lags = [x for p in parts for x in p["lags"]]
+        level["service_latency"] = summarize_tail([x for p in parts for x in p["service"]])
+        last_send = max(p["last_send"] for p in parts)
+        level["send_rate"] = level["sent"] / (last_send - start + 1.0 / rate) if level["sent"] else 0.0
+        level["send_lag_p99_ms"] = percentile_ms(lags, 99)
+        level["send_lag_max_ms"] = max(lags) * 1e3 if lags else float("nan")
+    return level
+
+
+def run_load(s: LoadSettings) -> dict[str, Any]:
+    """Every level of ``s``: a sanity request first, then closed-loop levels, then open-loop rates."""
+    from tensorwire.bench import report
+
+    if s.inputs:
+        specs = [parse_input_spec(t) for t in s.inputs]
+        source = "--input"
+    else:
+        specs = fetch_inputs(s.target, s.model, s.version, max(s.timeout_s, 30.0))
+        source = "ModelMetadata"
+    arrays, data_source = make_inputs(specs, s.shapes, s.data, s.int_range, s.seed)
+    request = encode(s.model, arrays, s.version)
+    with _channel(s.target) as ch:
+        try:
+            response = ch.unary_unary(f"{SERVICE}/ModelInfer")(request, timeout=max(s.timeout_s, 30.0),
+                                                                wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"the first request to {s.model} at {s.target} failed: {exc.code().name}: "
+                               f"{exc.details()}") from None
+    concurrency = s.concurrency or ([] if s.rates else [1, 8, 32])
+    plan = [("closed", c, 0.0) for c in concurrency] + [("open", 0, r) for r in s.rates]
+    payload: dict[str, Any] = {
+        "kind": "load",
+        "schema": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine.describe(),
+        "settings": {**{k: v for k, v in asdict(s).items() if k not in ("out", "data")},
+                     "out": str(s.out) if s.out else None, "data": str(s.data) if s.data else None,
+                     "processes": s.processes or machine.cpu_count(), "concurrency": concurrency},
+        "inputs": [{"name": n, "datatype": dt, "shape": list(a.shape)} for n, (dt, a) in arrays.items()],
+        "inputs_from": source,
+        "data_source": data_source,
+        "request_bytes": len(request),
+        "response_bytes": len(response),
+        "levels": [],
+    }
+    bar = progress_bar(len(plan), s.progress, unit="level")
+    try:
+        for mode, c, r in plan:
+            bar.set_description(f"closed c={c}" if mode == "closed" else f"open {r:g}/s")
+            payload["levels"].append(run_level(s, request, mode, c, r))
+            bar.update(1)
+    finally:
+        bar.close()
+    if s.out:
+        report.write_load(payload, s.out)
+    return payload

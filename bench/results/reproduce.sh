@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Re-run the committed results on your machine (from the repository root, with tensorwire[cpu,export,bench]
+# installed). Close other heavy programs first: absolute times only mean something on a quiet machine.
+# Usage: bench/results/reproduce.sh [compare] [load] [overhead]   (default: all three)
+set -euo pipefail
+OUT=${OUT:-bench/results}
+STEPS=" ${*:-compare load overhead} "
+
+# 1. eager vs torch.compile vs ONNX Runtime, full-size models, batch 1 and 8 (about 15 min on 2 cores)
+if [[ $STEPS == *" compare "* ]]; then
+  tensorwire bench compare --models mlp,resnet50,distilbert,bert --batch 1,8 --out "$OUT/compare"
+fi
+
+if [[ $STEPS == *" load "* || $STEPS == *" overhead "* ]]; then
+  # a real `tensorwire serve` of the built-in MLP on a free loopback port
+  WORK=$(mktemp -d)
+  tensorwire export mlp --repository "$WORK/models" > "$WORK/export.log"
+  tensorwire serve --model-repository "$WORK/models" --host 127.0.0.1 --grpc-port 0 --port-file "$WORK/port" \
+    > "$WORK/serve.log" 2>&1 &
+  SERVER=$!
+  trap 'kill -TERM $SERVER; wait $SERVER' EXIT
+  until [ -s "$WORK/port" ]; do sleep 0.2; done
+  # 2. load test: closed loop at concurrency 1, 8, 32; open loop at 500 requests/s; 10 s per level
+  if [[ $STEPS == *" load "* ]]; then
+    tensorwire bench load --target "127.0.0.1:$(cat "$WORK/port")" --model mlp --concurrency 1,8,32 --rate 500 \
+      --duration 10 --out "$OUT/load"
+  fi
+  # 3. the server's overhead per request over in-process ONNX Runtime, beside a bare grpcio echo
+  if [[ $STEPS == *" overhead "* ]]; then
+    tensorwire bench overhead --model mlp --repository "$WORK/models" --out "$OUT/overhead"
+  fi
+fi

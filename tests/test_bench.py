@@ -1,0 +1,239 @@
+"""The benchmark harness in its --quick modes, against real engines and a real `tensorwire serve`.
+
+These check that every figure is real and plausible (positive medians, throughput that agrees with the
+median and batch, parity within tolerance, counts that add up, latencies measured from the intended
+send time in the open loop). They never compare speeds: CI machines are too noisy for that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tensorwire.bench import load, report, stats
+from tensorwire.bench.prepare import parse_model
+from tensorwire.bench.processes import echo_server, tensorwire_server
+from tensorwire.cli import main
+
+CPU_ENGINES = ["eager", "compile", "ort", "ort-iobinding"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny_repository(root: Path) -> Path:
+    """A two-input model: y = x @ w (FP32 [-1, 16]), mask_out = mask (INT64 [-1, -1], variable length)."""
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Identity", ["mask"], ["mask_out"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8]),
+         helper.make_tensor_value_info("mask_out", TensorProto.INT64, ["batch", "seq"])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    (root / "tiny" / "1").mkdir(parents=True)
+    onnx.save(model, str(root / "tiny" / "1" / "model.onnx"))
+    (root / "tiny" / "config.pbtxt").write_text(
+        'name: "tiny"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 16 ] }, '
+        '{ name: "mask" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 8 ] }, '
+        '{ name: "mask_out" data_type: TYPE_INT64 dims: [ -1 ] } ]\n')
+    return root
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory) -> Path:
+    return _tiny_repository(tmp_path_factory.mktemp("bench") / "models")
+
+
+@pytest.fixture(scope="module")
+def served(repository):
+    with tensorwire_server(repository) as server:
+        yield server
+
+
+def _check_outputs(out: Path, stem: str, pngs: list[str]) -> dict:
+    payload = json.loads((out / f"{stem}.json").read_text())
+    assert payload["kind"] == stem and payload["schema"] == 1
+    for key in ("cpu", "cores_usable", "memory_gb", "versions"):
+        assert key in payload["machine"]
+    assert "onnxruntime" in payload["machine"]["versions"]
+    md = (out / f"{stem}.md").read_text()
+    assert md.startswith(f"# tensorwire bench {stem}") and "| --- |" in md
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and 5_000 < len(data) < 300_000, name
+    return payload
+
+
+# ---------------------------------------------------------------- compare
+
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("compare")
+    rc = main(["bench", "compare", "--models", "mlp", "--batch", "1", "--engines", ",".join(CPU_ENGINES),
+               "--quick", "--out", str(out)])
+    payload = _check_outputs(out, "compare", ["compare_latency.png"])
+    assert rc == 0, [r.get("error") for r in payload["results"]]
+    return out, payload
+
+
+def test_compare_every_engine_has_real_figures(compare_run):
+    _, payload = compare_run
+    results = {r["engine"]: r for r in payload["results"]}
+    assert sorted(results) == sorted(CPU_ENGINES)
+    for engine, r in results.items():
+        assert r["ok"], (engine, r.get("error"))
+        assert r["model"] == "mlp" and r["batch"] == 1
+        lat = r["latency"]
+        assert 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"], engine
+        assert r["median_ms"] == lat["p50_ms"] and r["iterations"] == lat["count"] >= 8
+        # throughput comes from the total time, the median from the middle sample: same order of magnitude
+        implied = r["batch"] * 1e3 / r["median_ms"]
+        assert implied / 10 < r["throughput_items_s"] < implied * 10, engine
+        assert r["parity"]["ok"] and r["parity"]["max_abs_diff"] <= 1e-3, (engine, r["parity"])
+        assert r["threads"] == payload["settings"]["threads"] >= 1
+        assert r["peak_rss_mb"] > r["baseline_rss_mb"] > 0 and r["peak_memory_mb"] >= 0
+        assert r["speedup_vs_eager"] == pytest.approx(results["eager"]["median_ms"] / r["median_ms"])
+    assert results["eager"]["speedup_vs_eager"] == pytest.approx(1.0)
+    assert results["eager"]["parity"]["max_abs_diff"] == 0.0        # the same weights as the exported module
+    assert results["compile"]["compile_seconds"] > 0
+    assert results["ort"]["info"]["providers"][0] == "CPUExecutionProvider"
+    assert payload["models"][0]["export_parity_ok"] and payload["models"][0]["onnx_bytes"] > 0
+
+
+def test_compare_markdown_shows_every_engine_with_ratio_and_parity(compare_run):
+    out, _ = compare_run
+    md = (out / "compare.md").read_text()
+    for engine in CPU_ENGINES:
+        assert f"| {engine} |" in md
+    assert "(x" in md and "✓" in md and "threads for every engine" in md
+
+
+def test_compare_table_shows_failures_instead_of_crashing(compare_run):
+    _, payload = compare_run
+    broken = json.loads(json.dumps(payload))
+    broken["results"].append({"model": "mlp", "batch": 1, "engine": "compile-max-autotune", "ok": False,
+                              "error": "BackendCompilerFailed: no C++ compiler"})
+    md = report.compare_markdown(broken)
+    assert "error: BackendCompilerFailed: no C++ compiler" in md
+
+
+def test_render_redraws_from_json(compare_run, tmp_path):
+    out, _ = compare_run
+    paths = report.render(out / "compare.json", tmp_path)
+    assert paths["plot"].read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "compare.md").read_text() == (out / "compare.md").read_text()
+
+
+# ---------------------------------------------------------------- load
+
+@pytest.fixture(scope="module")
+def load_run(served, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("load")
+    rc = main(["bench", "load", "--target", served.address, "--model", "tiny", "--concurrency", "1,4",
+               "--rate", "40", "--shape", "mask:1x8", "--quick", "--out", str(out)])
+    assert rc == 0
+    return _check_outputs(out, "load", ["load_throughput_p99.png", "load_latency_cdf.png"])
+
+
+def test_load_closed_loop_counts_and_percentiles(load_run):
+    assert load_run["inputs_from"] == "ModelMetadata"
+    assert load_run["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [1, 16]},
+                                  {"name": "mask", "datatype": "INT64", "shape": [1, 8]}]
+    closed = [lv for lv in load_run["levels"] if lv["mode"] == "closed"]
+    assert [lv["concurrency"] for lv in closed] == [1, 4]
+    for lv in closed:
+        assert lv["errors"] == {} and lv["sent"] == lv["ok"] == lv["latency"]["count"] > 0
+        lat = lv["latency"]
+        assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["p999_ms"] <= lat["max_ms"]
+        assert lv["throughput_rps"] == pytest.approx(lv["ok"] / lv["window_s"])
+        assert lv["cdf"]["fraction"][-1] == 1.0 and lv["cdf"]["ms"] == sorted(lv["cdf"]["ms"])
+    assert closed[1]["processes"] >= 1 and closed[0]["processes"] == 1
+
+
+def test_load_open_loop_keeps_the_schedule_and_measures_from_intended_send(load_run):
+    (lv,) = [lv for lv in load_run["levels"] if lv["mode"] == "open"]
+    assert lv["rate_target"] == 40 and lv["latency_from"] == "intended send time"
+    duration = load_run["settings"]["duration_s"]
+    assert abs(lv["sent"] - 40 * duration) <= 1 and lv["errors"] == {} and lv["ok"] == lv["sent"]
+    assert lv["send_rate"] == pytest.approx(40, rel=0.25)
+    # per request, intended <= actual send, so latency from the intended time dominates the service time
+    assert lv["latency"]["p50_ms"] >= lv["service_latency"]["p50_ms"] > 0
+    assert lv["latency"]["max_ms"] >= lv["service_latency"]["max_ms"]
+    assert lv["send_lag_p99_ms"] >= 0
+
+
+def test_load_speaks_only_the_protocol_to_another_server(tmp_path):
+    """The bare grpcio echo server has no ModelMetadata: describe the input and it still works."""
+    with echo_server(64) as echo:
+        payload = load.run_load(load.quick_settings(load.LoadSettings(
+            target=echo.address, model="anything", concurrency=[2], inputs=["input:1x512:FP32"], progress=False)))
+    (lv,) = payload["levels"]
+    assert payload["inputs_from"] == "--input" and payload["response_bytes"] == 64
+    assert lv["errors"] == {} and lv["ok"] == lv["sent"] > 0
+
+
+def test_load_reports_errors_by_status_code(served):
+    """A deadline no request can meet: every failure is counted under its gRPC status code."""
+    payload = load.run_load(load.LoadSettings(target=served.address, model="tiny", concurrency=[2], duration_s=0.3,
+                                              warmup_s=0.0, timeout_s=1e-6, shapes={"mask": [1, 8]},
+                                              progress=False))
+    (lv,) = payload["levels"]
+    assert lv["errors"].get("DEADLINE_EXCEEDED", 0) > 0
+    assert lv["sent"] == lv["ok"] + sum(lv["errors"].values())
+
+
+def test_load_refuses_a_request_the_server_rejects(served):
+    with pytest.raises(RuntimeError, match="INVALID_ARGUMENT"):
+        load.run_load(load.LoadSettings(target=served.address, model="tiny", concurrency=[1],
+                                        inputs=["x:1x3:FP32", "mask:1x8:INT64"], progress=False))
+    with pytest.raises(RuntimeError, match="NOT_FOUND"):
+        load.run_load(load.LoadSettings(target=served.address, model="no_such_model", progress=False))
+
+
+# ---------------------------------------------------------------- overhead
+
+def test_overhead_in_process_vs_served_vs_echo(repository, tmp_path):
+    rc = main(["bench", "overhead", "--model", "tiny", "--repository", str(repository), "--shape", "mask:1x8",
+               "--quick", "--out", str(tmp_path)])
+    assert rc == 0
+    payload = _check_outputs(tmp_path, "overhead", ["overhead.png"])
+    assert payload["parity_ok"] is True
+    for key in ("in_process", "served", "echo"):
+        assert payload[key]["count"] > 0 and 0 < payload[key]["p50_ms"] <= payload[key]["p99_ms"]
+    o = payload["overhead"]
+    assert o["overhead_us"] == pytest.approx((payload["served"]["p50_ms"] - payload["in_process"]["p50_ms"]) * 1e3)
+    assert o["overhead_pct"] == pytest.approx(100 * o["overhead_us"] / (payload["in_process"]["p50_ms"] * 1e3))
+    assert o["floor_us"] > 0 and payload["response_bytes"] > 0
+    assert "Server overhead per request" in (tmp_path / "overhead.md").read_text()
+
+
+# ---------------------------------------------------------------- small pieces
+
+def test_shapes_models_and_stats_helpers():
+    assert load.resolve_shape([-1, 16], None, "x") == [1, 16]
+    assert load.resolve_shape([-1, -1], [4, 32], "ids") == [4, 32]
+    with pytest.raises(ValueError, match="does not fit"):
+        load.resolve_shape([-1, 16], [4, 15], "x")
+    assert load.split(32, 3) == [11, 11, 10] and sum(load.split(5, 2)) == 5
+    assert parse_model("bert", [], "full", 64)["overrides"] == {"seq": 64}
+    with pytest.raises(ValueError, match="--input"):
+        parse_model("model.py:make", [], "full", None)
+    with pytest.raises(ValueError, match="unknown model"):
+        parse_model("gpt7", [], "full", None)
+    tail = stats.summarize_tail([i / 1000 for i in range(1, 1001)])
+    assert tail["p50_ms"] < tail["p99_ms"] < tail["p999_ms"] <= tail["max_ms"] == 1000.0
+    cdf = stats.cdf_points([0.003, 0.001, 0.002])
+    assert cdf["ms"] == sorted(cdf["ms"]) and cdf["fraction"][-1] == 1.0
+    assert math.isnan(stats.percentile_ms([], 50))
