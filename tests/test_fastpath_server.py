@@ -1,5 +1,5 @@
 """The server gives the same answers whichever codec it runs (Cython extension or pure-Python twin),
-and ONNX Runtime computes bit-identical results on the misaligned zero-copy views the extension makes."""
+and a request whose zero-copy input view is misaligned (copied before ONNX Runtime) computes bit-identically."""
 
 from __future__ import annotations
 
