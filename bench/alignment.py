@@ -8,22 +8,15 @@ sits in the message, usually not on a 4-byte boundary. ``python -m tensorwire.be
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
+from tensorwire.bench import timing
 from tensorwire.bench.fastpath_e2e import MODELS
 
 
 def _median_us(fn, n: int = 2000) -> float:
-    for _ in range(200):
-        fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times)) / 1e3
+    return float(np.median(timing.measure(fn, timing.fixed_count(n, warmup=200)))) * 1e6
 
 
 def measure() -> list[dict]:

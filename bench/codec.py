@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 from tensorwire import proto as pb
+from tensorwire.bench import timing
 from tensorwire.fastpath import load_codec
 from tensorwire.fastpath import twin as twin_module
 from tensorwire.fastpath.messages import InferResponse, OutputTensor
@@ -52,14 +52,9 @@ def protobuf_parse_and_read(buf: bytes) -> None:
 
 
 def _median_us(fn, min_time_s: float, max_iter: int) -> float:
-    fn()
-    times = []
-    deadline = time.perf_counter() + min_time_s
-    while len(times) < max_iter and (len(times) < 5 or time.perf_counter() < deadline):
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times)) / 1e3
+    loop = timing.LoopSettings(warmup=1, warmup_time_s=0.0, min_iters=5, min_time_s=min_time_s, max_iters=max_iter,
+                        max_time_s=max(min_time_s, 1.0) * 4)
+    return float(np.median(timing.measure(fn, loop))) * 1e6
 
 
 def measure(quick: bool = False) -> list[dict]:

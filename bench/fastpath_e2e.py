@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tensorwire.bench.processes import echo_server, tensorwire_server
 from tensorwire.bench.stats import summarize
+from tensorwire.bench.timing import fixed_count, measure
 from tensorwire.client import InferenceClient, encode_request
 
 
@@ -58,12 +58,7 @@ MODELS = {"mlp": (mlp_model, "input", (1, 512)), "image_3x224x224": (image_model
 
 
 def _timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    return measure(fn, fixed_count(n, warmup=0))
 
 
 def _calls(ce, ct, cf, session, request: bytes, input_name: str, x: np.ndarray) -> dict:

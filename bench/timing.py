@@ -26,6 +26,12 @@ class LoopSettings:
         return cls(warmup=2, warmup_time_s=0.0, min_iters=8, min_time_s=0.2, max_iters=2000, max_time_s=2.0)
 
 
+def fixed_count(n: int, warmup: int = 20) -> LoopSettings:
+    """Exactly ``n`` timed calls after ``warmup`` untimed ones (for side-by-side runs of equal size)."""
+    return LoopSettings(warmup=warmup, warmup_time_s=0.0, min_iters=n, min_time_s=0.0, max_iters=n,
+                        max_time_s=float("inf"))
+
+
 def measure(fn: Callable[[], object], s: LoopSettings) -> list[float]:
     """Latencies in seconds of ``fn()`` after warm-up (``warmup`` calls and at least ``warmup_time_s``)."""
     t_end = time.perf_counter() + s.warmup_time_s

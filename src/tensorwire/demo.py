@@ -15,6 +15,7 @@ import numpy as np
 
 from tensorwire.bench.processes import echo_server, tensorwire_server
 from tensorwire.bench.stats import summarize
+from tensorwire.bench.timing import fixed_count, measure
 from tensorwire.client import InferenceClient, encode_request
 
 MODEL = "mlp"
@@ -24,15 +25,8 @@ def _step(n: int, name: str, text: str) -> None:
     print(f"[{n}/5] {name:<8} {text}", flush=True)
 
 
-def _time_calls(fn, n: int, warmup: int = 20) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    lat = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        lat.append(time.perf_counter() - t0)
-    return summarize(lat)
+def _time_calls(fn, n: int) -> dict[str, float]:
+    return summarize(measure(fn, fixed_count(n)))
 
 
 def run(args) -> int:
