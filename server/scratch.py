@@ -1,0 +1,34 @@
+"""Per-thread scratch buffers for the one copy the hot path makes: realigning a misaligned input view.
+
+A fresh 600 KB allocation per request costs page faults and zero-filling (measured in the server:
+68 us of compute_input for a 3x224x224 FP32 input, against 14 us for the copy into warm memory). Each
+RPC handler thread serves one request at a time, and a request's feeds are dead once its response is
+encoded, so a buffer owned by the thread can be reused by that thread's next request.
+Buffers are bounded: inputs above ``MAX_SCRATCH_BYTES`` get a plain copy.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+MAX_SCRATCH_BYTES = 16 * 1024 * 1024
+
+_local = threading.local()
+
+
+def aligned_copy(arr: np.ndarray, slot: int) -> np.ndarray:
+    """``arr`` copied into this thread's scratch buffer number ``slot`` (one per input of a request)."""
+    nbytes = arr.nbytes
+    if nbytes > MAX_SCRATCH_BYTES:
+        return arr.copy()
+    buffers: list = getattr(_local, "buffers", None) or []
+    _local.buffers = buffers
+    while len(buffers) <= slot:
+        buffers.append(np.empty(0, np.uint8))
+    if buffers[slot].nbytes < nbytes:
+        buffers[slot] = np.empty(max(nbytes, 4096), np.uint8)  # numpy allocations are 16-byte aligned
+    out = buffers[slot][:nbytes].view(arr.dtype).reshape(arr.shape)
+    np.copyto(out, arr)
+    return out
