@@ -14,7 +14,6 @@ generator at concurrency 1, 8 and 32:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tensorwire.bench.fastpath_e2e import mlp_model
 from tensorwire.bench.load import LoadSettings, run_load
 from tensorwire.bench.processes import tensorwire_server
+from tensorwire.bench.report import write_rows
 
 MAX_BATCH = 32
 QUEUE_DELAY_US = 500
@@ -98,7 +98,12 @@ def build_repository(root: Path, models: list[str]) -> dict[str, dict]:
 
 
 def run(out: Path | None, duration: float, models: list[str], workers: list[int]) -> list[dict]:
-    root = Path(tempfile.mkdtemp(prefix="tensorwire-batching-"))
+    """Runs in a temporary directory that is removed afterwards (models, logs)."""
+    with tempfile.TemporaryDirectory(prefix="tensorwire-bench-") as tmp:
+        return _run_in(Path(tmp), out, duration, models, workers)
+
+
+def _run_in(root: Path, out: Path | None, duration: float, models: list[str], workers: list[int]) -> list[dict]:
     shapes = build_repository(root, models)
     rows = []
     for model in models:
@@ -119,9 +124,7 @@ def run(out: Path | None, duration: float, models: list[str], workers: list[int]
     table = markdown(rows) + "\n\n" + verdicts(rows)
     print(table)
     if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "batching.json").write_text(json.dumps(rows, indent=2))
-        (out / "batching.md").write_text(table + "\n")
+        write_rows(rows, table, out, "batching")
     return rows
 
 

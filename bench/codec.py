@@ -8,13 +8,13 @@ Each figure is the median of repeated timings taken in one process, side by side
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from tensorwire import proto as pb
 from tensorwire.bench import timing
+from tensorwire.bench.report import write_rows
 from tensorwire.fastpath import load_codec
 from tensorwire.fastpath import twin as twin_module
 from tensorwire.fastpath.messages import InferResponse, OutputTensor
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows)
     print(table)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "codec.json").write_text(json.dumps(rows, indent=2))
-        (args.out / "codec.md").write_text(table + "\n")
+        write_rows(rows, table, args.out, "codec")
     return 0
 
 

@@ -12,7 +12,6 @@ round trip alone). Rounds alternate between the servers so drift on a shared mac
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tensorwire.bench.processes import echo_server, tensorwire_server
+from tensorwire.bench.report import write_rows
 from tensorwire.bench.stats import summarize
 from tensorwire.bench.timing import fixed_count, measure
 from tensorwire.client import InferenceClient, encode_request
@@ -67,9 +67,14 @@ def _calls(ce, ct, cf, session, request: bytes, input_name: str, x: np.ndarray) 
 
 
 def run(requests: int, rounds: int, out: Path | None, server_args: list[str] = ()) -> list[dict]:
+    """Runs in a temporary directory that is removed afterwards (models, logs)."""
+    with tempfile.TemporaryDirectory(prefix="tensorwire-bench-") as tmp:
+        return _run_in(Path(tmp), requests, rounds, out, server_args)
+
+
+def _run_in(workdir: Path, requests: int, rounds: int, out: Path | None, server_args: list[str] = ()) -> list[dict]:
     import onnxruntime as ort
 
-    workdir = Path(tempfile.mkdtemp(prefix="tensorwire-fastpath-"))
     repo = workdir / "models"
     for name, (build, _, _) in MODELS.items():
         (repo / name / "1").mkdir(parents=True)
@@ -103,9 +108,7 @@ def run(requests: int, rounds: int, out: Path | None, server_args: list[str] = (
     table = markdown(rows)
     print(table)
     if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "fastpath_e2e.json").write_text(json.dumps(rows, indent=2))
-        (out / "fastpath_e2e.md").write_text(table + "\n")
+        write_rows(rows, table, out, "fastpath_e2e")
     return rows
 
 

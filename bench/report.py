@@ -22,6 +22,15 @@ def write_json(payload: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def write_rows(rows: list[dict[str, Any]], table: str, out: Path, stem: str) -> None:
+    """The small benchmarks' output (codec, fastpath, batching): ``stem.json`` with the machine, ``stem.md``."""
+    from tensorwire.bench.machine import describe
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"kind": stem, "machine": describe(), "rows": rows}, out / f"{stem}.json")
+    (out / f"{stem}.md").write_text(table + "\n")
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
