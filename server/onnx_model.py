@@ -63,10 +63,10 @@ def session_options(ort, cfg, settings: ServerSettings, instances: int = 1):
     level = cfg.optimization.graph.level if cfg.optimization.HasField("graph") else 0
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS.get(level, "ORT_ENABLE_ALL"))
     so.log_severity_level = 3
-    spinning = cfg.parameters["allow_spinning"].string_value if "allow_spinning" in cfg.parameters else None
-    if spinning is None:
-        spinning = "1" if settings.intra_op_spinning else "0"
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning in ("0", "false") else "1")
+    default = "1" if settings.intra_op_spinning else "0"
+    spinning = cfg.parameters["allow_spinning"].string_value if "allow_spinning" in cfg.parameters else default
+    so.add_session_config_entry("session.intra_op.allow_spinning",
+                                "0" if spinning.lower() in ("0", "false") else "1")
     return so
 
 

@@ -206,3 +206,21 @@ def test_expired_deadline_is_not_computed(tmp_path):
         stats = c.get_inference_statistics("slow", as_json=True)["model_stats"][0]
         assert int(stats["execution_count"]) == 2
         assert int(stats["inference_stats"]["success"]["count"]) == 2
+
+
+def test_more_rpcs_than_admitted_get_resource_exhausted(tmp_path):
+    repo = tmp_path / "models"
+    write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
+    with start_server(repo, "--max-concurrent-rpcs", "1") as s:
+        c = grpcclient.InferenceServerClient(s.address)
+        x = np.ones((2048, 512), np.float32)
+        inp = grpcclient.InferInput("X", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        busy = threading.Thread(target=lambda: c.infer("slow", [inp]))
+        busy.start()
+        time.sleep(0.2)  # the one admitted RPC is running
+        with pytest.raises(InferenceServerException) as err:
+            grpcclient.InferenceServerClient(s.address).infer("slow", [inp])
+        assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        busy.join(timeout=60)
+        np.testing.assert_array_equal(c.infer("slow", [inp]).as_numpy("Y"), x)

@@ -1,0 +1,59 @@
+"""ONNX Runtime session options come from one place: server settings, overridden by the model config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+
+from tensorwire import proto as pb
+from tensorwire.errors import ModelLoadError
+from tensorwire.server.onnx_model import session_options
+from tensorwire.server.settings import ServerSettings
+
+
+def cfg(text: str = ""):
+    c = pb.ModelConfig(name="m")
+    text_format.Parse(text, c)
+    return c
+
+
+def settings(**kw) -> ServerSettings:
+    return ServerSettings(model_repository=Path("."), **kw)
+
+
+def test_instances_share_the_cores():
+    cores = os.cpu_count() or 1
+    assert session_options(ort, cfg(), settings(), instances=1).intra_op_num_threads == cores
+    assert session_options(ort, cfg(), settings(), instances=2).intra_op_num_threads == max(1, cores // 2)
+    assert session_options(ort, cfg(), settings(intra_op_threads=3), instances=2).intra_op_num_threads == 3
+
+
+def test_model_parameters_override_the_server():
+    c = cfg('parameters { key: "intra_op_thread_count" value { string_value: "1" } } '
+            'parameters { key: "allow_spinning" value { string_value: "false" } }')
+    so = session_options(ort, c, settings(intra_op_threads=4))
+    assert so.intra_op_num_threads == 1
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_spinning_follows_the_server_flag():
+    on = session_options(ort, cfg(), settings())
+    off = session_options(ort, cfg(), settings(intra_op_spinning=False))
+    assert on.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert off.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_graph_level():
+    assert session_options(ort, cfg("optimization { graph { level: -1 } }"), settings()).graph_optimization_level \
+        == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert session_options(ort, cfg(), settings()).graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_bad_thread_count_is_a_load_error():
+    with pytest.raises(ModelLoadError, match="intra_op_thread_count must be an integer, got 'two'"):
+        session_options(ort, cfg('parameters { key: "intra_op_thread_count" value { string_value: "two" } }'),
+                        settings())
