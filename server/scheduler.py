@@ -94,6 +94,7 @@ class _Pending:
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
     done: threading.Event = field(default_factory=threading.Event)
     abandoned: bool = False
+    taken: bool = False  # in a batch that is being formed or run
     result: Execution | None = None
     error: BaseException | None = None
 
@@ -175,10 +176,14 @@ class DynamicBatcher:
         remaining = _remaining(deadline)
         if not item.done.wait(None if remaining is None else max(remaining, 0.0)):
             with self._cond:
-                if not item.done.is_set():  # still queued: whoever forms the next batch skips it
+                running = item.taken
+                if not running:  # still queued: whoever forms the next batch skips it
                     item.abandoned = True
-            if not item.done.is_set():
-                raise _expired(self.name)
+            if running:
+                # Its inputs may live in this thread's scratch buffer (server/scratch.py): the batch that
+                # reads them must finish before this thread serves another request.
+                item.done.wait()
+            raise _expired(self.name)
         if item.error is not None:
             raise item.error
         assert item.result is not None
@@ -220,6 +225,8 @@ class DynamicBatcher:
             waited = time.perf_counter_ns() - first.enqueued_ns
             if (full or self.eager or rows >= self.max_batch_size or rows in self.preferred
                     or waited >= self.max_delay_ns):
+                for it in chosen:
+                    it.taken = True
                 taken = set(map(id, chosen))
                 self._queue = deque(it for it in self._queue if id(it) not in taken)
                 return chosen

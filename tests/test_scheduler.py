@@ -1,0 +1,61 @@
+"""Batcher invariants that need exact timing control, with a runner that sleeps (the server tests cover
+the same scheduler behind real ONNX Runtime sessions)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tensorwire.errors import DeadlineExceeded
+from tensorwire.server.scheduler import DynamicBatcher
+from tensorwire.server.statistics import ModelStatistics
+from tensorwire.server.validation import PreparedRequest
+
+
+def _prep(value: float) -> PreparedRequest:
+    return PreparedRequest({"x": np.full((1, 4), value, np.float32)}, ["y"], 1, True, 0)
+
+
+def test_expired_request_in_a_running_batch_waits_for_the_batch():
+    """Its inputs may sit in its thread's scratch buffer: the thread must not move on while they are read."""
+    finished: list[float] = []
+
+    def runner(feeds, names):
+        time.sleep(0.5)
+        finished.append(time.monotonic())
+        return [feeds["x"] * 2]
+
+    batcher = DynamicBatcher("m", [runner], ModelStatistics(), 8, [], 0, 16)
+    try:
+        first = threading.Thread(target=lambda: batcher.execute(_prep(1.0)))
+        first.start()  # leads: runs for 0.5 s on its own thread
+        time.sleep(0.1)
+        with pytest.raises(DeadlineExceeded):  # queued, then taken at ~0.5 s, runs until ~1.0 s
+            batcher.execute(_prep(2.0), deadline=time.monotonic() + 0.7)
+        raised = time.monotonic()
+        first.join()
+        assert len(finished) == 2 and raised >= finished[1]
+    finally:
+        batcher.close()
+
+
+def test_results_go_back_to_their_callers():
+    batcher = DynamicBatcher("m", [lambda feeds, names: [feeds["x"] + 1]], ModelStatistics(), 8, [], 20_000, 16)
+    out: dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        out[i] = batcher.execute(_prep(float(i))).outputs[0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        batcher.close()
+    for i in range(12):
+        np.testing.assert_array_equal(out[i], np.full((1, 4), i + 1, np.float32))
