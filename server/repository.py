@@ -52,6 +52,10 @@ class ModelRepository:
         self.startup_failures: list[str] = []
 
     # -- discovery -------------------------------------------------------------------------
+    def holds(self, name: str) -> bool:
+        """Whether ``name`` is a model directory of this repository (never a path outside it)."""
+        return "/" not in name and "\\" not in name and name not in ("", ".", "..") and (self.root / name).is_dir()
+
     def model_names(self) -> list[str]:
         """Directories of the repository that hold a model (a config or a version directory)."""
         names = []
@@ -76,7 +80,7 @@ class ModelRepository:
     def load(self, name: str, config_json: str | None = None) -> ModelEntry:
         """Load (or reload) every version of ``name`` the version policy selects."""
         model_dir = self.root / name
-        if "/" in name or name in ("", ".", "..") or not model_dir.is_dir():
+        if not self.holds(name):
             raise NotFound(f"model '{name}' is not in the repository {self.root}")
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(name))
@@ -123,7 +127,7 @@ class ModelRepository:
         with self._lock:
             entry = self._models.get(name)
             if entry is None or entry.state == UNLOADED:
-                if not (self.root / name).is_dir():
+                if not self.holds(name):
                     raise NotFound(f"model '{name}' is not in the repository {self.root}")
                 return
             old = entry.versions
@@ -140,7 +144,7 @@ class ModelRepository:
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
-                if (self.root / name).is_dir() and "/" not in name and name not in ("", ".", ".."):
+                if self.holds(name):
                     raise Unavailable(f"model '{name}' is in the repository but not loaded")
                 known = ", ".join(n for n, e in self._models.items() if e.state == READY) or "none"
                 raise NotFound(f"unknown model '{name}'; loaded models: {known}")

@@ -56,9 +56,10 @@ def test_repository_index_load_unload(tmp_path):
         c.load_model("add_sub")
         out = c.infer("add_sub", _add_sub_inputs(2.0)).as_numpy("OUTPUT0")
         assert out[0, 0] == 4.0
-        with pytest.raises(InferenceServerException) as err:
-            c.load_model("not_there")
-        assert err.value.status() == "StatusCode.NOT_FOUND"
+        for name in ("not_there", "../models", ".."):  # nothing outside the repository is reachable
+            with pytest.raises(InferenceServerException) as err:
+                c.load_model(name)
+            assert err.value.status() == "StatusCode.NOT_FOUND", name
 
 
 def test_load_with_config_override(tmp_path):
