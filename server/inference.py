@@ -15,7 +15,7 @@ import numpy as np
 from tensorwire.errors import DeadlineExceeded, TensorwireError
 from tensorwire.fastpath.messages import InferRequest, InferResponse, OutputTensor
 from tensorwire.server.repository import ModelRepository
-from tensorwire.server.validation import prepare
+from tensorwire.server.validation import prepare, prepare_fast
 
 log = logging.getLogger("tensorwire.inference")
 
@@ -34,7 +34,7 @@ class InferenceEngine:
         start = time.perf_counter_ns()
         model = self.repository.get(request.model_name, request.model_version)
         try:
-            prep = prepare(request, model.spec)
+            prep = prepare_fast(request, model.lane) or prepare(request, model.spec)
             if prep.misaligned:
                 model.count_misaligned(prep.misaligned)
             validated = time.perf_counter_ns()
@@ -46,11 +46,11 @@ class InferenceEngine:
             times = execution.times
             times.compute_input_ns += validated - start
             t2 = time.perf_counter_ns()
+            datatypes = model.output_datatypes
             outputs = []
             for name, arr in zip(prep.output_names, execution.outputs):
-                spec = model.spec.output_by_name[name]
                 arr = np.asarray(arr)
-                outputs.append(OutputTensor(name, spec.datatype.name, tuple(arr.shape), arr))
+                outputs.append(OutputTensor(name, datatypes[name], arr.shape, arr))
             response = InferResponse(
                 model_name=model.spec.name,
                 model_version=model.version,

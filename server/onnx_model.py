@@ -21,6 +21,7 @@ from tensorwire.server.providers import ProviderPlan, plan_providers
 from tensorwire.server.scheduler import DirectScheduler, DynamicBatcher, Runner
 from tensorwire.server.settings import ServerSettings
 from tensorwire.server.statistics import ModelStatistics
+from tensorwire.server.validation import FastLane
 
 log = logging.getLogger("tensorwire.model")
 
@@ -134,6 +135,12 @@ class LoadedModel:
     stats: ModelStatistics
     misaligned_inputs: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    lane: FastLane = field(init=False)  # the spec precomputed for validation's fast lane
+    output_datatypes: dict[str, str] = field(init=False)  # output name -> KServe datatype name
+
+    def __post_init__(self) -> None:
+        self.lane = FastLane.of(self.spec)
+        self.output_datatypes = {t.name: t.datatype.name for t in self.spec.outputs}
 
     def count_misaligned(self, n: int) -> None:
         with self._lock:

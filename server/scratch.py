@@ -30,6 +30,8 @@ def aligned_copy(arr: np.ndarray, slot: int) -> np.ndarray:
         buffers.append(np.empty(0, np.uint8))
     if buffers[slot].nbytes < nbytes:
         buffers[slot] = np.empty(max(nbytes, 4096), np.uint8)  # numpy allocations are 16-byte aligned
-    out = buffers[slot][:nbytes].view(arr.dtype).reshape(arr.shape)
-    np.copyto(out, arr)
-    return out
+    out = buffers[slot][:nbytes]
+    # As bytes: numpy's copy loop for a misaligned typed source is slower than a plain memcpy (16.5 vs
+    # 14 us for 600 KB here).
+    np.copyto(out, arr.reshape(-1).view(np.uint8))
+    return out.view(arr.dtype).reshape(arr.shape)

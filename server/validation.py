@@ -6,6 +6,7 @@ INVALID_ARGUMENT and a message that names the tensor, what came and what was exp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,84 @@ class PreparedRequest:
     batch_size: int  # 0 for models that do not batch
     raw_output: bool
     misaligned: int  # inputs copied because their view was not aligned to their dtype's size
+
+
+@dataclass(frozen=True)
+class FastLane:
+    """A model's expectations, precomputed once, for :func:`prepare_fast`."""
+
+    inputs: dict[str, tuple[str, np.dtype, int, tuple[int, ...]]]  # name -> (datatype, dtype, itemsize, shape)
+    outputs: tuple[str, ...]  # every output, in model order (the default when none are requested)
+    max_batch_size: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> FastLane:
+        """Only inputs the lane can take whole: numeric datatypes with a numpy dtype (not BYTES, not BOOL,
+        whose bytes must be checked); a model with any other input gets an empty lane (all general)."""
+        inputs = {}
+        for t in spec.inputs:
+            dt = t.datatype
+            if dt.name in ("BYTES", "BOOL") or dt.numpy is None or t.optional:
+                return cls({}, (), spec.max_batch_size)
+            inputs[t.name] = (dt.name, dt.numpy, dt.itemsize, spec.full_shape(t))
+        return cls(inputs, tuple(t.name for t in spec.outputs), spec.max_batch_size)
+
+
+def prepare_fast(request: InferRequest, lane: FastLane) -> PreparedRequest | None:
+    """The common request, prepared in a few microseconds: every input given once in raw form, with
+    the model's datatype and a shape it accepts, outputs requested without parameters.
+
+    Returns None for anything else (an error included); :func:`prepare` then handles it and raises
+    the precise message. So this lane may only accept what ``prepare`` accepts, and must produce
+    what ``prepare`` produces (tests/test_validation.py holds the two to that).
+    """
+    raws = request.raw_input_contents
+    inputs = request.inputs
+    n = len(inputs)
+    if n == 0 or n != len(raws) or n != len(lane.inputs):  # an empty lane takes nothing
+        return None
+    mbs = lane.max_batch_size
+    feeds: dict[str, np.ndarray] = {}
+    batch = 0
+    misaligned = 0
+    for i in range(n):
+        inp = inputs[i]
+        want = lane.inputs.get(inp.name)
+        if want is None or inp.contents:
+            return None
+        name, dtype, itemsize, expected = want
+        shape = inp.shape
+        if inp.datatype != name or len(shape) != len(expected):
+            return None
+        for got, dim in zip(shape, expected):
+            if got < 0 or (got != dim and dim != -1):
+                return None
+        if mbs > 0:
+            rows = shape[0]
+            if rows < 1 or rows > mbs or (batch and rows != batch):
+                return None
+            batch = rows
+        raw = raws[i]
+        count = math.prod(shape)
+        if memoryview(raw).nbytes != count * itemsize:
+            return None
+        arr = np.frombuffer(raw, dtype, count).reshape(shape)
+        if not arr.flags.aligned:
+            arr = aligned_copy(arr, i)
+            misaligned += 1
+        feeds[inp.name] = arr
+    if len(feeds) != n:  # a name given twice
+        return None
+    raw_output = request.parameters.get(BINARY_DATA_OUTPUT, True) is not False
+    if request.outputs:
+        names = []
+        for out in request.outputs:
+            if out.parameters or out.name not in lane.outputs or out.name in names:
+                return None
+            names.append(out.name)
+    else:
+        names = list(lane.outputs)
+    return PreparedRequest(feeds, names, batch, raw_output, misaligned)
 
 
 def _describe_inputs(spec: ModelSpec) -> str:
