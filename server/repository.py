@@ -36,9 +36,17 @@ class ModelEntry:
     state: str = UNLOADED
     reason: str = ""
     versions: dict[str, LoadedModel] = field(default_factory=dict)
+    # (versions dict, its newest model): ``versions`` is replaced, never changed in place, so the
+    # newest is found once per load instead of once per request.
+    _latest: tuple = (None, None)
 
     def latest(self) -> LoadedModel:
-        return self.versions[max(self.versions, key=int)]
+        versions, model = self._latest
+        if versions is not self.versions:
+            versions = self.versions
+            model = versions[max(versions, key=int)]
+            self._latest = (versions, model)
+        return model
 
 
 class ModelRepository:
