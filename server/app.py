@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tensorwire import proto as pb
 from tensorwire.fastpath import load_codec
+from tensorwire.server.allocator import keep_large_blocks
 from tensorwire.server.grpc_service import InferenceServicer
 from tensorwire.server.repository import ModelRepository
 from tensorwire.server.settings import ServerSettings
@@ -46,6 +47,9 @@ class TensorwireServer:
     def start(self) -> TensorwireServer:
         s = self.settings
         log.info("fastpath codec: %s", "Cython extension" if self.codec.name == "ext" else "pure-Python twin")
+        if s.malloc_tuning:
+            tuned = keep_large_blocks()
+            log.info("malloc: %s", "large blocks kept for reuse" if tuned else "not tuned (not glibc)")
         self.repository.load_all()
         options = [
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),

@@ -39,6 +39,9 @@ class ServerSettings:
     # Whether ORT's intra-op threads spin-wait for work after a run. Spinning lowers ORT's own latency
     # but burns the cores gRPC needs to send the answer; see bench/fastpath_e2e.py for the trade.
     intra_op_spinning: bool = True
+    # Raise glibc malloc's mmap/trim thresholds so large request buffers are reused, not page-faulted
+    # in on every request (tensorwire.server.allocator).
+    malloc_tuning: bool = True
     # max_batch_size given to models whose config does not set one but whose graph can batch.
     default_max_batch_size: int = 4
     # ServerReady is false while any model that was asked for at startup failed to load.

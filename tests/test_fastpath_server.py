@@ -16,7 +16,7 @@ from tensorwire.fastpath import load_codec
 
 @pytest.fixture(scope="module")
 def twin_server(test_repository):
-    with start_server(test_repository, "--fastpath", "twin") as s:
+    with start_server(test_repository, "--fastpath", "twin", "--no-malloc-tuning") as s:
         yield s
 
 
@@ -54,6 +54,8 @@ def _requests() -> list[service_pb2.ModelInferRequest]:
 def test_ext_and_twin_servers_answer_alike(server, twin_server):
     assert "fastpath codec: Cython extension" in server.log()
     assert "fastpath codec: pure-Python twin" in twin_server.log()
+    assert "malloc: large blocks kept for reuse" in server.log()  # the default (tensorwire.server.allocator)
+    assert "malloc:" not in twin_server.log()  # --no-malloc-tuning
     with grpc.insecure_channel(server.address) as a, grpc.insecure_channel(twin_server.address) as b:
         ext_stub, twin_stub = service_pb2_grpc.GRPCInferenceServiceStub(a), service_pb2_grpc.GRPCInferenceServiceStub(b)
         for req in _requests():

@@ -39,6 +39,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--inter-op-threads", type=int, default=0, help="ORT inter-op threads per session (0: auto)")
     p.add_argument("--no-intra-op-spinning", action="store_true",
                    help="ORT intra-op threads sleep instead of spin-waiting between runs (frees cores for gRPC)")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave glibc malloc's thresholds alone (by default they are raised so large requests "
+                   "reuse memory instead of page-faulting it in)")
     p.add_argument("--default-max-batch-size", type=int, default=4,
                    help="max_batch_size for models without one in config.pbtxt whose graph batches (default 4)")
     p.add_argument("--no-strict-readiness", action="store_true",
@@ -77,6 +80,7 @@ def _run_serve(args) -> int:
         intra_op_threads=args.intra_op_threads,
         inter_op_threads=args.inter_op_threads,
         intra_op_spinning=not args.no_intra_op_spinning,
+        malloc_tuning=not args.no_malloc_tuning,
         default_max_batch_size=args.default_max_batch_size,
         strict_readiness=not args.no_strict_readiness,
         shutdown_grace_s=args.shutdown_grace,

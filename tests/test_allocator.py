@@ -1,0 +1,52 @@
+"""tensorwire.server.allocator: after keep_large_blocks(), a large block comes from the heap, not mmap.
+
+Checked in a fresh interpreter through glibc's own accounting (mallinfo2: hblks counts blocks served
+by mmap), before and after the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import subprocess
+import sys
+
+import pytest
+
+PROBE = r"""
+import ctypes, sys
+from tensorwire.server.allocator import keep_large_blocks
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "tuned":
+    assert keep_large_blocks() is True
+before = libc.mallinfo2().hblks
+block = libc.malloc(8 * 1024 * 1024)
+print(libc.mallinfo2().hblks - before)
+libc.free(block)
+"""
+
+
+def _has_mallinfo2() -> bool:
+    try:
+        return hasattr(ctypes.CDLL(None), "mallinfo2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not _has_mallinfo2(),
+                    reason="malloc tuning and its check need glibc >= 2.33 (mallinfo2)")
+def test_large_blocks_come_from_the_heap_once_tuned():
+    def mmapped_blocks(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())
+
+    assert mmapped_blocks("default") == 1  # glibc's default: an 8 MiB block is its own mmap
+    assert mmapped_blocks("tuned") == 0
