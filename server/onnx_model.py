@@ -21,6 +21,7 @@ from tensorwire.server.providers import ProviderPlan, plan_providers
 from tensorwire.server.scheduler import DirectScheduler, DynamicBatcher, Runner
 from tensorwire.server.settings import ServerSettings
 from tensorwire.server.statistics import ModelStatistics
+from tensorwire.server.threads import faster_thread_count, warmup_feeds
 from tensorwire.server.validation import FastLane
 
 log = logging.getLogger("tensorwire.model")
@@ -150,6 +151,29 @@ class LoadedModel:
         self.scheduler.close()
 
 
+def _threads_fixed(cfg, settings: ServerSettings) -> bool:
+    """Whether the operator chose the intra-op thread count (flag or model parameter)."""
+    return bool(settings.intra_op_threads) or "intra_op_thread_count" in cfg.parameters
+
+
+def _tune_threads(ort, path: Path, cfg, settings: ServerSettings, plan: ProviderPlan, sessions: list,
+                  spec: ModelSpec, pool_threads: int) -> tuple[list, int, str]:
+    """(sessions, threads, why): a one-thread session instead of the pool when it runs this model faster
+    (tensorwire.server.threads); the pool session otherwise. A batching model is timed at its largest batch."""
+    batching = cfg.WhichOneof("scheduling_choice") == "dynamic_batching" and spec.max_batch_size > 0
+    feeds = warmup_feeds(spec, batch=spec.max_batch_size if batching else 1)
+    if feeds is None:
+        return sessions, pool_threads, "default; not timed: no fixed warm-up shape (set model_warmup to time it)"
+    one = session_options(ort, cfg, settings, 1)
+    one.intra_op_num_threads = 1
+    try:
+        single = ort.InferenceSession(str(path), sess_options=one, providers=[(n, o) for n, o in plan.providers])
+        threads, why = faster_thread_count(sessions[0], single, feeds, pool_threads)
+    except Exception as exc:  # ORT refused the made-up warm-up input: keep its default
+        return sessions, pool_threads, f"default; not timed: warm-up run failed: {exc}"
+    return ([single] if threads == 1 else sessions), threads, f"timed: {why}"
+
+
 def make_scheduler(spec: ModelSpec, runners: list[Runner], stats: ModelStatistics,
                    settings: ServerSettings) -> DirectScheduler | DynamicBatcher:
     cfg = spec.config
@@ -190,11 +214,16 @@ def load_model_version(model_dir: Path, version: int, cfg, settings: ServerSetti
     graph_out = [GraphTensor(o.name, o.type, tuple(o.shape)) for o in session.get_outputs()]
     spec = complete_config(cfg, graph_in, graph_out, settings.default_max_batch_size, max_batch_size_written)
     spec.config.parameters["execution_providers"].string_value = ",".join(used)
+    fixed = _threads_fixed(cfg, settings)
+    threads, threads_why = options.intra_op_num_threads, "set" if fixed else "default"
+    if threads > 1 and count == 1 and used == ["CPUExecutionProvider"] and not fixed:
+        sessions, threads, threads_why = _tune_threads(ort, path, cfg, settings, plan, sessions, spec, threads)
+    spec.config.parameters["intra_op_thread_count"].string_value = str(threads)  # what runs, as ModelConfig says
     stats = ModelStatistics()
     where = f"model '{cfg.name}' version {version}"
     scheduler = make_scheduler(spec, [make_runner(s, used, where) for s in sessions], stats, settings)
-    log.info("model '%s' version %s: %d instance(s), %d intra-op thread(s) each, %s, providers %s (%s%s)",
-             cfg.name, version, count, options.intra_op_num_threads, type(scheduler).__name__, used, plan.reason,
+    log.info("model '%s' version %s: %d instance(s), %d intra-op thread(s) each (%s), %s, providers %s (%s%s)",
+             cfg.name, version, count, threads, threads_why, type(scheduler).__name__, used, plan.reason,
              "; skipped " + ", ".join(plan.skipped) if plan.skipped else "")
     return LoadedModel(spec=spec, version=str(version), sessions=sessions, plan=plan, providers=used,
                        scheduler=scheduler, stats=stats)

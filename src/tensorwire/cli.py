@@ -35,7 +35,9 @@ def _add_serve(sub) -> None:
                    help="load only these models at startup (repeatable; default: all)")
     p.add_argument("--providers", default="", help="execution providers in order, e.g. tensorrt,cuda,cpu "
                    "(default: each model's config, else TensorRT -> CUDA -> CPU as available)")
-    p.add_argument("--intra-op-threads", type=int, default=0, help="ORT intra-op threads per session (0: auto)")
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="ORT intra-op threads per session (0: auto: one per core, or 1 for a small model "
+                   "that runs faster on one, timed at load)")
     p.add_argument("--inter-op-threads", type=int, default=0, help="ORT inter-op threads per session (0: auto)")
     p.add_argument("--no-intra-op-spinning", action="store_true",
                    help="ORT intra-op threads sleep instead of spin-waiting between runs (frees cores for gRPC)")

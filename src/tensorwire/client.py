@@ -102,6 +102,7 @@ class InferenceClient:
         self._ready = method("ServerReady", pb.ServerReadyResponse)
         self._model_ready = method("ModelReady", pb.ModelReadyResponse)
         self._metadata = method("ModelMetadata", pb.ModelMetadataResponse)
+        self._config = method("ModelConfig", pb.ModelConfigResponse)
 
     def _call(self, fn, request, timeout: float | None):
         try:
@@ -121,6 +122,10 @@ class InferenceClient:
     def model_metadata(self, name: str, version: str = "", timeout: float | None = None) -> dict:
         msg = self._call(self._metadata, pb.ModelMetadataRequest(name=name, version=version), timeout)
         return json_format.MessageToDict(msg)
+
+    def model_config(self, name: str, version: str = "", timeout: float | None = None):
+        """The model's configuration as the server completed it (a ``tensorwire.proto`` ModelConfig)."""
+        return self._call(self._config, pb.ModelConfigRequest(name=name, version=version), timeout).config
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, outputs: Sequence[str] | None = None,
               version: str = "", request_id: str = "", timeout: float | None = None) -> InferResult:
