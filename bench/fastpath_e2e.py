@@ -5,6 +5,8 @@ For each model, one client sends the same pre-encoded request sequentially to: t
 bytes as tensorwire's response; the model also runs in-process in ONNX Runtime. The server's
 overhead is its p50 minus the in-process p50, compared with the echo's p50 (the cost of the gRPC
 round trip alone). Rounds alternate between the servers so drift on a shared machine hits all alike.
+The in-process session gets the intra-op thread count the server chose for the model (its ModelConfig
+says which), so both sides run the model the same way.
 
 ``python -m tensorwire.bench.fastpath_e2e [--requests N] [--rounds R] [--out DIR]``
 """
@@ -86,8 +88,13 @@ def _run_in(workdir: Path, requests: int, rounds: int, out: Path | None, server_
         for name, (_, input_name, shape) in MODELS.items():
             x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
             request = encode_request(name, {input_name: x})
-            session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
             with InferenceClient(ext_srv.address) as ce, InferenceClient(twin_srv.address) as ct:
+                threads = {k: int(c.model_config(name).parameters["intra_op_thread_count"].string_value or 0)
+                           for k, c in (("ext", ce), ("twin", ct))}
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = threads["ext"]
+                session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options,
+                                               providers=["CPUExecutionProvider"])
                 response_size = len(ce.infer_bytes(request))
                 with echo_server(response_size, workdir=workdir) as echo, InferenceClient(echo.address) as cf:
                     lat: dict[str, list[float]] = {"ext": [], "twin": [], "echo": [], "ort": []}
@@ -99,6 +106,7 @@ def _run_in(workdir: Path, requests: int, rounds: int, out: Path | None, server_
                             lat[key].extend(_timed(fn, requests // rounds))
             s = {k: summarize(v) for k, v in lat.items()}
             row = {"model": name, "request_bytes": len(request), "response_bytes": response_size,
+                   "ext_threads": threads["ext"], "twin_threads": threads["twin"],
                    **{f"{k}_{m}": s[k][m] for k in s for m in ("p50_ms", "p99_ms")},
                    **{f"{k}_rps": 1e3 / s[k]["mean_ms"] for k in s}}
             for k in ("ext", "twin"):
@@ -113,12 +121,14 @@ def _run_in(workdir: Path, requests: int, rounds: int, out: Path | None, server_
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | request | ext p50 / p99 (ms) | twin p50 / p99 (ms) | echo p50 / p99 (ms) | in-process ORT p50 "
+    lines = ["| model | request | intra-op threads (ext/twin) | ext p50 / p99 (ms) | twin p50 / p99 (ms) "
+             "| echo p50 / p99 (ms) | in-process ORT p50 "
              "(ms) | ext req/s | twin req/s | echo req/s | overhead ext / echo p50 | overhead twin / echo p50 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['request_bytes']} B | {r['ext_p50_ms']:.3f} / {r['ext_p99_ms']:.3f} | "
+            f"| {r['model']} | {r['request_bytes']} B | {r['ext_threads']}/{r['twin_threads']} | "
+            f"{r['ext_p50_ms']:.3f} / {r['ext_p99_ms']:.3f} | "
             f"{r['twin_p50_ms']:.3f} / {r['twin_p99_ms']:.3f} | {r['echo_p50_ms']:.3f} / {r['echo_p99_ms']:.3f} | "
             f"{r['ort_p50_ms']:.3f} | {r['ext_rps']:.0f} | {r['twin_rps']:.0f} | {r['echo_rps']:.0f} | "
             f"{r['ext_overhead_over_echo']:.2f}x | {r['twin_overhead_over_echo']:.2f}x |")

@@ -76,7 +76,11 @@ def run(args) -> int:
             request = encode_request(MODEL, {"input": x})
             response_size = len(client.infer_bytes(request))
             served = _time_calls(lambda: client.infer_bytes(request), args.requests)
-        session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+            # The in-process session runs the model the way the server does (it may pick 1 thread at load).
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = int(client.model_config(MODEL).parameters["intra_op_thread_count"]
+                                               .string_value or 0)
+        session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         in_process = _time_calls(lambda: session.run(None, {"input": x}), args.requests)
         with echo_server(response_size) as echo, InferenceClient(echo.address, timeout=30) as echo_client:
             floor = _time_calls(lambda: echo_client.infer_bytes(request), args.requests)
