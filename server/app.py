@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tensorwire import proto as pb
 from tensorwire.fastpath import load_codec
+from tensorwire.server.affinity import pin_process
 from tensorwire.server.allocator import keep_large_blocks
 from tensorwire.server.grpc_service import InferenceServicer
 from tensorwire.server.repository import ModelRepository
@@ -46,6 +47,8 @@ class TensorwireServer:
 
     def start(self) -> TensorwireServer:
         s = self.settings
+        if s.cpu_affinity:  # first, so that every thread started below inherits it
+            pin_process(s.cpu_affinity)
         log.info("fastpath codec: %s", "Cython extension" if self.codec.name == "ext" else "pure-Python twin")
         if s.malloc_tuning:
             tuned = keep_large_blocks()

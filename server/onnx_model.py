@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tensorwire.errors import InvalidArgument, ModelLoadError, RuntimeMissing, TensorwireError
+from tensorwire.server.affinity import usable_cpus
 from tensorwire.server.model_config import (
     DEFAULT_MODEL_FILENAME,
     GraphTensor,
@@ -54,7 +54,7 @@ def _int_param(cfg, key: str, default: int) -> int:
 
 def default_intra_op_threads(instances: int) -> int:
     """Cores shared among a model's instances, so N concurrent instances do not oversubscribe."""
-    return max(1, (os.cpu_count() or 1) // instances)
+    return max(1, usable_cpus() // instances)
 
 
 def session_options(ort, cfg, settings: ServerSettings, instances: int = 1):

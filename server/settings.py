@@ -42,6 +42,9 @@ class ServerSettings:
     # Raise glibc malloc's mmap/trim thresholds so large request buffers are reused, not page-faulted
     # in on every request (tensorwire.server.allocator).
     malloc_tuning: bool = True
+    # CPUs the server process is pinned to (empty: whatever the OS allows); with workers, each worker
+    # gets its own slice when there are enough (tensorwire.server.affinity).
+    cpu_affinity: list[int] = field(default_factory=list)
     # max_batch_size given to models whose config does not set one but whose graph can batch.
     default_max_batch_size: int = 4
     # ServerReady is false while any model that was asked for at startup failed to load.

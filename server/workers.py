@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
-import os
 import signal
 import socket
 import tempfile
@@ -22,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tensorwire.server.affinity import share_for_worker, usable_cpus
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.workers")
@@ -60,8 +60,12 @@ def serve_workers(settings: ServerSettings) -> int:
         procs = []
         for i in range(n):
             # Each worker's sessions get their share of the cores unless threads were set explicitly.
-            threads = settings.intra_op_threads or max(1, (os.cpu_count() or 1) // n)
-            child = dataclasses.replace(settings, grpc_port=port, reuse_port=True, workers=1,
+            cpus = share_for_worker(settings.cpu_affinity, i, n)
+            if settings.intra_op_threads or len(settings.cpu_affinity) >= n:
+                threads = settings.intra_op_threads  # set, or 0: the worker's own CPUs decide
+            else:
+                threads = max(1, (len(settings.cpu_affinity) or usable_cpus()) // n)
+            child = dataclasses.replace(settings, grpc_port=port, reuse_port=True, workers=1, cpu_affinity=cpus,
                                         intra_op_threads=threads, port_file=Path(tmp) / f"worker-{i}.port")
             p = ctx.Process(target=_worker_main, args=(child, i), name=f"tensorwire-worker-{i}")
             p.start()

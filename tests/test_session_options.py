@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnxruntime as ort
@@ -11,6 +10,7 @@ from google.protobuf import text_format
 
 from tensorwire import proto as pb
 from tensorwire.errors import ModelLoadError
+from tensorwire.server.affinity import usable_cpus
 from tensorwire.server.onnx_model import session_options
 from tensorwire.server.settings import ServerSettings
 
@@ -26,7 +26,7 @@ def settings(**kw) -> ServerSettings:
 
 
 def test_instances_share_the_cores():
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()  # the affinity mask, not the host total
     assert session_options(ort, cfg(), settings(), instances=1).intra_op_num_threads == cores
     assert session_options(ort, cfg(), settings(), instances=2).intra_op_num_threads == max(1, cores // 2)
     assert session_options(ort, cfg(), settings(intra_op_threads=3), instances=2).intra_op_num_threads == 3

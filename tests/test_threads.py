@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -17,11 +16,12 @@ from tensorwire import proto as pb
 from tensorwire.bench.fastpath_e2e import image_model, mlp_model
 from tensorwire.fastpath.datatypes import DATATYPES
 from tensorwire.server import threads
+from tensorwire.server.affinity import usable_cpus
 from tensorwire.server.model_config import ModelSpec, TensorSpec
 from tensorwire.server.repository import ModelRepository
 from tensorwire.server.settings import ServerSettings
 
-MULTICORE = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: ORT's pool is one thread, nothing to time")
+MULTICORE = pytest.mark.skipif(usable_cpus() < 2, reason="one core: ORT's pool is one thread, nothing to time")
 
 
 def spec(inputs: list[tuple[str, str, tuple]], max_batch_size: int = 4, config: str = "") -> ModelSpec:
@@ -94,7 +94,7 @@ def test_small_models_are_timed_and_config_reports_what_runs(tmp_path, caplog):
     loaded = _loaded(_repository(tmp_path, {"image": image_model(), "mlp": mlp_model()}), caplog)
     for name, (reported, actual, line) in loaded.items():
         assert reported == str(actual), name
-        assert actual in (1, os.cpu_count()), name
+        assert actual in (1, usable_cpus()), name
         assert f"{actual} intra-op thread(s) each (timed: 1 thread" in line, line
 
 
@@ -117,5 +117,5 @@ def test_dynamic_dims_without_a_warmup_keep_the_default(tmp_path, caplog):
         [helper.make_tensor_value_info("out", TensorProto.INT64, ["b", "seq"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     reported, actual, line = _loaded(_repository(tmp_path, {"seq": model}), caplog)["seq"]
-    assert reported == str(actual) == str(os.cpu_count())
+    assert reported == str(actual) == str(usable_cpus())
     assert "not timed: no fixed warm-up shape" in line

@@ -41,6 +41,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--inter-op-threads", type=int, default=0, help="ORT inter-op threads per session (0: auto)")
     p.add_argument("--no-intra-op-spinning", action="store_true",
                    help="ORT intra-op threads sleep instead of spin-waiting between runs (frees cores for gRPC)")
+    p.add_argument("--cpu-affinity", default="", metavar="CPUS",
+                   help="pin the server to these CPUs, e.g. 1 or 0,2-3 (with --workers, each worker gets its own "
+                   "slice when there are enough); default: no pinning")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="leave glibc malloc's thresholds alone (by default they are raised so large requests "
                    "reuse memory instead of page-faulting it in)")
@@ -55,6 +58,7 @@ def _add_serve(sub) -> None:
 
 def _run_serve(args) -> int:
     from tensorwire.errors import RuntimeMissing
+    from tensorwire.server.affinity import check_cpus, parse_cpu_list
     from tensorwire.server.app import serve
     from tensorwire.server.onnx_model import import_onnxruntime
     from tensorwire.server.settings import ServerSettings
@@ -66,6 +70,12 @@ def _run_serve(args) -> int:
         print(f"tensorwire: {exc}", file=sys.stderr)
         return 2
     max_bytes = int(args.max_message_mb * 2**20)
+    try:
+        cpus = parse_cpu_list(args.cpu_affinity) if args.cpu_affinity else []
+        check_cpus(cpus)
+    except ValueError as exc:
+        print(f"tensorwire: {exc}", file=sys.stderr)
+        return 2
     settings = ServerSettings(
         model_repository=args.model_repository,
         host=args.host,
@@ -83,6 +93,7 @@ def _run_serve(args) -> int:
         inter_op_threads=args.inter_op_threads,
         intra_op_spinning=not args.no_intra_op_spinning,
         malloc_tuning=not args.no_malloc_tuning,
+        cpu_affinity=cpus,
         default_max_batch_size=args.default_max_batch_size,
         strict_readiness=not args.no_strict_readiness,
         shutdown_grace_s=args.shutdown_grace,
