@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Re-run the committed results on your machine (from the repository root, with tensorwire[cpu,export,bench]
 # installed). Close other heavy programs first: absolute times only mean something on a quiet machine.
-# Usage: bench/results/reproduce.sh [compare] [load] [overhead]   (default: all three)
+# Usage: bench/results/reproduce.sh [compare] [load] [overhead] [hotpath]   (default: all four)
 set -euo pipefail
 OUT=${OUT:-bench/results}
-STEPS=" ${*:-compare load overhead} "
+STEPS=" ${*:-compare load overhead hotpath} "
 
 # 1. eager vs torch.compile vs ONNX Runtime, full-size models, batch 1 and 8 (about 15 min on 2 cores)
 if [[ $STEPS == *" compare "* ]]; then
@@ -29,4 +29,12 @@ if [[ $STEPS == *" load "* || $STEPS == *" overhead "* ]]; then
   if [[ $STEPS == *" overhead "* ]]; then
     tensorwire bench overhead --model mlp --repository "$WORK/models" --out "$OUT/overhead"
   fi
+fi
+
+# 4. the hot path: codec micro-benchmark, then the server vs its twin vs a bare grpcio echo, as it starts by
+#    default and pinned to CPU 1 (--cpu-affinity; the client and the in-process baseline stay unpinned)
+if [[ $STEPS == *" hotpath "* ]]; then
+  tensorwire bench codec --out "$OUT/fastpath"
+  tensorwire bench fastpath --requests 4000 --rounds 10 --out "$OUT/fastpath"
+  tensorwire bench fastpath --requests 4000 --rounds 10 --server-arg=--cpu-affinity=1 --out "$OUT/fastpath_pinned"
 fi
