@@ -25,6 +25,7 @@ from tensorwire.bench.engines import MEMORY_METHOD, available_engines
 from tensorwire.bench.prepare import parse_model
 from tensorwire.bench.progress import progress_bar
 from tensorwire.bench.timing import LoopSettings
+from tensorwire.server.affinity import usable_cpus
 
 
 @dataclass
@@ -103,7 +104,7 @@ def run_compare(s: CompareSettings, write: Callable[[dict[str, Any], Path], Any]
     from tensorwire.bench import report
 
     write = write or report.write_compare
-    threads = s.threads or machine.cpu_count()
+    threads = s.threads or usable_cpus()
     engines = s.engines or available_engines(s.compile_modes)
     sources = [parse_model(m, s.inputs, s.size, s.seq) for m in s.models]
     work = Path(s.workdir or tempfile.mkdtemp(prefix="tensorwire-bench-"))

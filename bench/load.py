@@ -30,6 +30,7 @@ import numpy as np
 from tensorwire.bench import machine
 from tensorwire.bench.progress import progress_bar
 from tensorwire.bench.stats import cdf_points, percentile_ms, summarize_tail
+from tensorwire.server.affinity import usable_cpus
 
 SERVICE = "/inference.GRPCInferenceService"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -321,7 +322,7 @@ def split(total: int, parts: int) -> list[int]:
 
 def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, rate: float = 0.0) -> dict[str, Any]:
     """One closed-loop concurrency or one open-loop rate, across worker processes; merged figures."""
-    max_procs = s.processes or machine.cpu_count()
+    max_procs = s.processes or usable_cpus()
     procs = max(1, min(max_procs, concurrency)) if mode == "closed" else max(1, min(max_procs, math.ceil(rate / 50)))
     callers = split(concurrency, procs) if mode == "closed" else [0] * procs
     caps = split(s.max_requests, procs) if s.max_requests else [None] * procs
@@ -420,7 +421,7 @@ def run_load(s: LoadSettings) -> dict[str, Any]:
         "machine": machine.describe(),
         "settings": {**{k: v for k, v in asdict(s).items() if k not in ("out", "data")},
                      "out": str(s.out) if s.out else None, "data": str(s.data) if s.data else None,
-                     "processes": s.processes or machine.cpu_count(), "concurrency": concurrency},
+                     "processes": s.processes or usable_cpus(), "concurrency": concurrency},
         "inputs": [{"name": n, "datatype": dt, "shape": list(a.shape)} for n, (dt, a) in arrays.items()],
         "inputs_from": source,
         "data_source": data_source,

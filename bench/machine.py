@@ -10,16 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tensorwire.server.affinity import usable_cpus
+
 PACKAGES = ("tensorwire", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "transformers", "numpy", "grpcio",
             "protobuf")
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (the affinity mask, not the host's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _cpu_model() -> str:
@@ -70,7 +64,7 @@ def describe() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         **_cpu_details(),
-        "cores_usable": cpu_count(),
+        "cores_usable": usable_cpus(),
         "cores_host": os.cpu_count(),
         "memory_gb": _memory_gb(),
         "os": f"{platform.system()} {platform.release()}",

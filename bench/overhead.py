@@ -24,6 +24,7 @@ from tensorwire.bench.processes import echo_server, tensorwire_server
 from tensorwire.bench.progress import progress_bar
 from tensorwire.bench.stats import summarize
 from tensorwire.bench.timing import LoopSettings, measure
+from tensorwire.server.affinity import usable_cpus
 
 
 @dataclass
@@ -82,7 +83,7 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
     from tensorwire.bench import report
     from tensorwire.client import InferenceClient, decode_response, encode_request
 
-    threads = s.threads or machine.cpu_count()
+    threads = s.threads or usable_cpus()
     tmp = None
     if s.repository is not None and (Path(s.repository) / s.model).is_dir():
         repo = Path(s.repository).resolve()
