@@ -152,7 +152,8 @@ class InferenceServicer:
                 return
             try:
                 request = self.codec.decode_infer_request(request_bytes)
-                response = self.engine.infer(request, deadline_of(context), context.is_active)
+                answer = self.codec.encode_stream_response(
+                    self.engine.infer(request, deadline_of(context), context.is_active))
             except TensorwireError as exc:
                 yield self.codec.encode_stream_response(None, str(exc))
                 continue
@@ -160,7 +161,7 @@ class InferenceServicer:
                 log.exception("internal error in stream")
                 yield self.codec.encode_stream_response(None, f"internal error: {type(exc).__name__}: {exc}")
                 continue
-            yield self.codec.encode_stream_response(response)
+            yield answer
 
     # -- registration ------------------------------------------------------------------------
     def generic_handler(self) -> grpc.GenericRpcHandler:

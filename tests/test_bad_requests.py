@@ -140,15 +140,20 @@ def _assert_still_serving(stub) -> None:
     np.testing.assert_array_equal(out, 2 * np.arange(32, dtype=np.float32))
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_request(stub, case):
-    _, code, words = CASES[case]
+def _expect(stub, req, code, *words: str) -> None:
+    """``req`` fails with ``code`` and a message holding every one of ``words``; the server goes on serving."""
     with pytest.raises(grpc.RpcError) as err:
-        stub.ModelInfer(_build(case))
+        stub.ModelInfer(req)
     assert err.value.code() == code, err.value.details()
     for w in words:
         assert w in err.value.details(), f"{w!r} not in {err.value.details()!r}"
     _assert_still_serving(stub)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_request(stub, case):
+    _, code, words = CASES[case]
+    _expect(stub, _build(case), code, *words)
 
 
 @pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"\x2a\xff\xff\xff\xff\x0f", b"\x0a\x05ab", b"\x0a\x02\xc3\x28"])
@@ -167,20 +172,14 @@ def test_bytes_tensor_truncated(stub):
     req = service_pb2.ModelInferRequest(model_name="identity_bytes")
     req.inputs.add(name="INPUT", datatype="BYTES", shape=[1, 2])
     req.raw_input_contents.append(b"\x03\x00\x00\x00abc\x09\x00\x00\x00short")
-    with pytest.raises(grpc.RpcError) as err:
-        stub.ModelInfer(req)
-    assert err.value.code() == INVALID
-    assert "BYTES element 1 declares 9 bytes but only 5 remain" in err.value.details()
-    _assert_still_serving(stub)
+    _expect(stub, req, INVALID, "BYTES element 1 declares 9 bytes but only 5 remain")
 
 
 def test_bytes_tensor_not_utf8(stub):
     req = service_pb2.ModelInferRequest(model_name="identity_bytes")
     req.inputs.add(name="INPUT", datatype="BYTES", shape=[1, 1])
     req.raw_input_contents.append(b"\x02\x00\x00\x00\xc3\x28")
-    with pytest.raises(grpc.RpcError) as err:
-        stub.ModelInfer(req)
-    assert err.value.code() == INVALID and "not valid UTF-8" in err.value.details()
+    _expect(stub, req, INVALID, "not valid UTF-8")
 
 
 def test_huge_declared_shape_does_not_allocate(stub):
@@ -188,8 +187,28 @@ def test_huge_declared_shape_does_not_allocate(stub):
     req = service_pb2.ModelInferRequest(model_name="identity_fp32")
     req.inputs.add(name="INPUT", datatype="FP32", shape=[1, 2**60])
     req.raw_input_contents.append(bytes(64))
-    with pytest.raises(grpc.RpcError) as err:
-        stub.ModelInfer(req)
-    assert err.value.code() == INVALID
-    assert f"needs {2**62} bytes" in err.value.details()
-    _assert_still_serving(stub)
+    _expect(stub, req, INVALID, f"needs {2**62} bytes")
+
+
+def _typed_fp16_request() -> service_pb2.ModelInferRequest:
+    req = service_pb2.ModelInferRequest(model_name="identity_fp16")
+    req.inputs.add(name="INPUT", datatype="FP16", shape=[1, 2])
+    req.raw_input_contents.append(np.ones(2, np.float16).tobytes())
+    req.parameters["binary_data_output"].bool_param = False  # typed contents: FP16 has no such field
+    return req
+
+
+def test_typed_output_the_protocol_cannot_carry_is_refused_before_running(stub):
+    _expect(stub, _typed_fp16_request(), INVALID, "output 'OUTPUT' is FP16", "raw output")
+
+
+def test_stream_reports_an_unencodable_answer_and_goes_on(stub):
+    good = service_pb2.ModelInferRequest(model_name="identity_fp16", id="good")
+    good.inputs.add(name="INPUT", datatype="FP16", shape=[1, 2])
+    good.raw_input_contents.append(np.ones(2, np.float16).tobytes())
+    answers = list(stub.ModelStreamInfer(iter([_typed_fp16_request(), good])))
+    assert len(answers) == 2
+    assert "output 'OUTPUT' is FP16" in answers[0].error_message
+    assert answers[1].error_message == "" and answers[1].infer_response.id == "good"
+    np.testing.assert_array_equal(np.frombuffer(answers[1].infer_response.raw_output_contents[0], np.float16),
+                                  np.ones(2, np.float16))
