@@ -6,6 +6,7 @@ version has its own ORT session; a request without a version gets the highest lo
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -47,6 +48,23 @@ class ModelEntry:
             model = versions[max(versions, key=int)]
             self._latest = (versions, model)
         return model
+
+
+def _config(name: str, model_dir: Path, config_json: str | None):
+    """(config, max_batch_size_written): from the load request's JSON when it gives one, else the directory's."""
+    if config_json is None:
+        return read_model_config(model_dir)
+    cfg = pb.ModelConfig()
+    try:
+        fields = json.loads(config_json)
+        json_format.Parse(config_json, cfg)
+    except (ValueError, json_format.ParseError) as exc:
+        raise InvalidArgument(f"model '{name}': the 'config' parameter is not a ModelConfig: {exc}") from None
+    if cfg.name and cfg.name != name:
+        raise InvalidArgument(f"model '{name}': the 'config' parameter names the model '{cfg.name}'; they must match")
+    cfg.name = name
+    written = isinstance(fields, dict) and ("max_batch_size" in fields or "maxBatchSize" in fields)
+    return cfg, written
 
 
 class ModelRepository:
@@ -95,16 +113,7 @@ class ModelRepository:
             if entry.state != READY:  # a reload keeps serving the old versions until the new ones are up
                 entry.state, entry.reason = LOADING, ""
         try:
-            cfg, mbs_written = read_model_config(model_dir)
-            if config_json is not None:
-                cfg = pb.ModelConfig()
-                try:
-                    json_format.Parse(config_json, cfg)
-                except json_format.ParseError as exc:
-                    raise InvalidArgument(f"model '{name}': the 'config' parameter is not a ModelConfig: {exc}") \
-                        from None
-                mbs_written = "max_batch_size" in config_json
-                cfg.name = cfg.name or name
+            cfg, mbs_written = _config(name, model_dir, config_json)
             check_supported(cfg)
             available = version_dirs(model_dir)
             if not available:
@@ -114,13 +123,17 @@ class ModelRepository:
                 per_version = pb.ModelConfig()
                 per_version.CopyFrom(cfg)
                 loaded[str(v)] = load_model_version(model_dir, v, per_version, self.settings, mbs_written)
-        except TensorwireError as exc:
+        except Exception as exc:  # whatever it was, the model gets a state with its reason
+            error = exc if isinstance(exc, TensorwireError) else ModelLoadError(
+                f"model '{name}': cannot load {model_dir}: {type(exc).__name__}: {exc}")
             with self._lock:
                 old, entry.versions = entry.versions, {}
-                entry.state, entry.reason = UNAVAILABLE, str(exc)
+                entry.state, entry.reason = UNAVAILABLE, str(error)
             for model in old.values():
                 model.close()
-            raise
+            if error is exc:
+                raise
+            raise error from exc
         with self._lock:
             old = entry.versions
             entry.versions, entry.state, entry.reason = loaded, READY, ""
@@ -151,11 +164,12 @@ class ModelRepository:
         """The loaded version asked for; NOT_FOUND for unknown ones, UNAVAILABLE for models not ready."""
         with self._lock:
             entry = self._models.get(name)
-            if entry is None:
-                if self.holds(name):
-                    raise Unavailable(f"model '{name}' is in the repository but not loaded")
-                known = ", ".join(n for n, e in self._models.items() if e.state == READY) or "none"
-                raise NotFound(f"unknown model '{name}'; loaded models: {known}")
+            known = None if entry else ", ".join(n for n, e in self._models.items() if e.state == READY) or "none"
+        if entry is None:  # the file system is read outside the lock every request takes
+            if self.holds(name):
+                raise Unavailable(f"model '{name}' is in the repository but not loaded")
+            raise NotFound(f"unknown model '{name}'; loaded models: {known}")
+        with self._lock:
             if entry.state != READY:
                 detail = f": {entry.reason}" if entry.reason else ""
                 raise Unavailable(f"model '{name}' is not ready (state {entry.state}){detail}")
@@ -187,8 +201,9 @@ class ModelRepository:
     def index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
         """(name, version, state, reason) for every model of the repository."""
         rows = []
+        names = self.model_names()  # outside the lock: a directory scan must not stall inference
         with self._lock:
-            for name in self.model_names():
+            for name in names:
                 entry = self._models.get(name, ModelEntry(name))
                 if entry.state == READY:
                     rows.extend((name, v, READY, "") for v in sorted(entry.versions, key=int))

@@ -1,0 +1,66 @@
+"""ModelRepository in-process: what a load leaves behind when it fails for any reason, the JSON config
+override, and the newest version after a reload (the server tests cover the same over gRPC)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from models import VERSIONED_CONFIG, add_sub_model, write_model
+
+from tensorwire.errors import InvalidArgument, ModelLoadError
+from tensorwire.server.repository import READY, UNAVAILABLE, ModelRepository
+from tensorwire.server.settings import ServerSettings
+
+
+def _repository(root) -> ModelRepository:
+    return ModelRepository(ServerSettings(model_repository=root))
+
+
+def _add(model, offset: float) -> float:
+    """OUTPUT0 of the add_sub model for zeros: its offset, i.e. which version answered."""
+    x = np.zeros((1, 16), np.float32)
+    return float(model.sessions[0].run(["OUTPUT0"], {"INPUT0": x, "INPUT1": x})[0][0, 0])
+
+
+def test_a_load_failing_outside_our_checks_leaves_a_state_with_the_reason(tmp_path):
+    write_model(tmp_path, "good", add_sub_model(), "max_batch_size: 8\n")
+    write_model(tmp_path, "broken", add_sub_model(), None)
+    (tmp_path / "broken" / "config.pbtxt").write_bytes(b"max_batch_size: 8 # \xff\xfe not UTF-8\n")
+    repo = _repository(tmp_path)
+    repo.load_all()  # the server still starts
+    states = {name: (state, reason) for name, _, state, reason in repo.index()}
+    assert states["good"][0] == READY
+    assert states["broken"][0] == UNAVAILABLE and "UnicodeDecodeError" in states["broken"][1]
+    assert repo.startup_failures == ["broken"]
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        repo.load("broken")
+
+
+def test_config_override_name_and_batch_size(tmp_path):
+    write_model(tmp_path, "add_sub", add_sub_model(), "max_batch_size: 8\n")
+    repo = _repository(tmp_path)
+    with pytest.raises(InvalidArgument, match="names the model 'other'"):
+        repo.load("add_sub", json.dumps({"name": "other"}))
+    with pytest.raises(InvalidArgument, match="not a ModelConfig"):
+        repo.load("add_sub", "{not json")
+    repo.load("add_sub", json.dumps({"maxBatchSize": 0}))  # protobuf's JSON spelling counts as written
+    assert repo.get("add_sub").spec.max_batch_size == 0
+    # the override is used even when the file on disk is broken
+    (tmp_path / "add_sub" / "config.pbtxt").write_text("max_batch_size: [[[")
+    repo.load("add_sub", json.dumps({"max_batch_size": 2}))
+    assert repo.get("add_sub").spec.max_batch_size == 2
+    repo.close()
+
+
+def test_the_newest_version_follows_reloads(tmp_path):
+    write_model(tmp_path, "versioned", add_sub_model(offset=100.0), VERSIONED_CONFIG, version=1)
+    repo = _repository(tmp_path)
+    repo.load("versioned")
+    assert _add(repo.get("versioned"), 0) == 100.0  # served (and remembered) before the reload
+    write_model(tmp_path, "versioned", add_sub_model(offset=300.0), None, version=3)
+    repo.load("versioned")
+    assert repo.get("versioned").version == "3" and _add(repo.get("versioned"), 0) == 300.0
+    assert _add(repo.get("versioned", "1"), 0) == 100.0
+    repo.close()
