@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,15 +51,15 @@ def _int_param(cfg, key: str, default: int) -> int:
     return default
 
 
-def default_intra_op_threads(instances: int) -> int:
-    """Cores shared among a model's instances, so N concurrent instances do not oversubscribe."""
-    return max(1, usable_cpus() // instances)
+def default_intra_op_threads(settings: ServerSettings, instances: int) -> int:
+    """This process's cores shared among a model's instances, so N concurrent instances do not oversubscribe."""
+    return max(1, (settings.session_cpus or usable_cpus()) // instances)
 
 
 def session_options(ort, cfg, settings: ServerSettings, instances: int = 1):
     so = ort.SessionOptions()
     so.intra_op_num_threads = _int_param(
-        cfg, "intra_op_thread_count", settings.intra_op_threads or default_intra_op_threads(instances))
+        cfg, "intra_op_thread_count", settings.intra_op_threads or default_intra_op_threads(settings, instances))
     so.inter_op_num_threads = _int_param(cfg, "inter_op_thread_count", settings.inter_op_threads)
     level = cfg.optimization.graph.level if cfg.optimization.HasField("graph") else 0
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS.get(level, "ORT_ENABLE_ALL"))
@@ -134,18 +133,12 @@ class LoadedModel:
     providers: list[str]
     scheduler: DirectScheduler | DynamicBatcher
     stats: ModelStatistics
-    misaligned_inputs: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     lane: FastLane = field(init=False)  # the spec precomputed for validation's fast lane
     output_datatypes: dict[str, str] = field(init=False)  # output name -> KServe datatype name
 
     def __post_init__(self) -> None:
         self.lane = FastLane.of(self.spec)
         self.output_datatypes = {t.name: t.datatype.name for t in self.spec.outputs}
-
-    def count_misaligned(self, n: int) -> None:
-        with self._lock:
-            self.misaligned_inputs += n
 
     def close(self) -> None:
         self.scheduler.close()

@@ -27,14 +27,17 @@ class ServerSettings:
     max_queue_size: int = 1024
     # RPCs admitted at once; beyond that the server answers RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 1024
-    # "auto" (extension if built), "ext" or "twin" (see tensorwire.fastpath).
-    fastpath: str = "auto"
+    # "auto" (extension if built), "ext" or "twin"; empty: TENSORWIRE_FASTPATH, else auto (tensorwire.fastpath).
+    fastpath: str = ""
     # Only these models at startup (empty: every model in the repository).
     load_models: list[str] = field(default_factory=list)
     # Execution providers to try, in order, overriding each model's config ("tensorrt,cuda,cpu").
     providers: list[str] = field(default_factory=list)
     # ORT threads per session; 0 lets ONNX Runtime choose (one per core).
     intra_op_threads: int = 0
+    # Cores this process's sessions share when the count is not set (0: its affinity mask). Worker
+    # processes that share their CPUs get their part here, which leaves the load-time choice open.
+    session_cpus: int = 0
     inter_op_threads: int = 0
     # Whether ORT's intra-op threads spin-wait for work after a run. Spinning lowers ORT's own latency
     # but burns the cores gRPC needs to send the answer; see bench/fastpath_e2e.py for the trade.

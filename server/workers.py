@@ -59,14 +59,13 @@ def serve_workers(settings: ServerSettings) -> int:
     with reserve_port(settings.host, settings.grpc_port) as port, tempfile.TemporaryDirectory() as tmp:
         procs = []
         for i in range(n):
-            # Each worker's sessions get their share of the cores unless threads were set explicitly.
+            # Each worker's sessions get their share of the cores (unless threads were set explicitly).
             cpus = share_for_worker(settings.cpu_affinity, i, n)
-            if settings.intra_op_threads or len(settings.cpu_affinity) >= n:
-                threads = settings.intra_op_threads  # set, or 0: the worker's own CPUs decide
-            else:
-                threads = max(1, (len(settings.cpu_affinity) or usable_cpus()) // n)
-            child = dataclasses.replace(settings, grpc_port=port, reuse_port=True, workers=1, cpu_affinity=cpus,
-                                        intra_op_threads=threads, port_file=Path(tmp) / f"worker-{i}.port")
+            shared = len(settings.cpu_affinity) < n  # no CPUs of its own: a part of what all may use
+            child = dataclasses.replace(
+                settings, grpc_port=port, reuse_port=True, workers=1, cpu_affinity=cpus,
+                session_cpus=max(1, (len(settings.cpu_affinity) or usable_cpus()) // n) if shared else 0,
+                port_file=Path(tmp) / f"worker-{i}.port")
             p = ctx.Process(target=_worker_main, args=(child, i), name=f"tensorwire-worker-{i}")
             p.start()
             procs.append((p, child.port_file))
