@@ -583,7 +583,6 @@ cdef class _Decoder:
         cdef Py_ssize_t p, count = 0
         cdef uint64_t v = 0
         cdef const uint8_t* b = self.b
-        cdef char* dst
         if start == stop:
             return 0
         if b[stop - 1] & 0x80:
@@ -591,7 +590,6 @@ cdef class _Decoder:
         for p in range(start, stop):
             count += b[p] < 0x80
         _acc_reserve(a, count, _itemsize(field))
-        dst = a.data + a.count * _itemsize(field)
         p = start
         while p < stop:
             if b[p] < 0x80:
@@ -599,19 +597,7 @@ cdef class _Decoder:
                 p += 1
             elif _read_varint(b, &p, stop, &v):
                 return self.varint(&p, stop, &v)  # raises with the offset
-            if field == F_BOOL:
-                (<uint8_t*>dst)[0] = v != 0
-                dst += 1
-            elif field == F_INT:
-                (<int32_t*>dst)[0] = <int32_t><uint32_t>v
-                dst += 4
-            elif field == F_UINT:
-                (<uint32_t*>dst)[0] = <uint32_t>v
-                dst += 4
-            else:
-                (<uint64_t*>dst)[0] = v
-                dst += 8
-        a.count += count
+            _acc_store(a, field, v)
         return 0
 
     cdef dict finish(self, Acc* accs, list items):

@@ -35,8 +35,6 @@ class InferenceEngine:
         model = self.repository.get(request.model_name, request.model_version)
         try:
             prep = prepare_fast(request, model.lane) or prepare(request, model.spec)
-            if prep.misaligned:
-                model.count_misaligned(prep.misaligned)
             validated = time.perf_counter_ns()
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded(

@@ -659,3 +659,31 @@ def test_encode_stream_response_defaults():
         assert codec.encode_stream_response(InferResponse("", "", "", [])) == b"\x12\x00"
         results.append(pb.ModelStreamInferResponse.FromString(codec.encode_stream_response(typed, "e")))
     assert results[0] == results[1]
+
+
+def test_extension_fills_every_field_and_owns_its_references():
+    """The extension writes the message slots by hand (no __init__): every dataclass field must be set, and
+    each container it built must be referenced by its slot alone (a missing or extra reference shows)."""
+    import dataclasses
+    import gc
+    import sys
+
+    ext, twin = load_codec("ext"), load_codec("twin")
+    req = pb.ModelInferRequest(model_name="m", model_version="2", id="r")
+    req.parameters["p"].int64_param = 7
+    t = req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    t.parameters["q"].bool_param = True
+    req.outputs.add(name="y").parameters["binary_data"].bool_param = False
+    req.raw_input_contents.append(np.ones(2, np.float32).tobytes())
+    data = req.SerializeToString()
+    for _ in range(2000):  # churn: a reference error would free or leak these
+        ext.decode_infer_request(data)
+    gc.collect()
+    decoded = ext.decode_infer_request(data)
+    for obj in (decoded, *decoded.inputs, *decoded.outputs):
+        for f in dataclasses.fields(obj):
+            kind = type(getattr(obj, f.name))  # AttributeError if a slot was left empty
+            refs = sys.getrefcount(getattr(obj, f.name))  # the slot, and getrefcount's own argument
+            if kind in (dict, list):
+                assert refs == 2, (type(obj).__name__, f.name, refs)
+    assert normalize(decoded) == normalize(twin.decode_infer_request(data))
