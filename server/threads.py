@@ -64,17 +64,19 @@ def _median_run_s(run: Callable[[], object], deadline: float, max_runs: int = 40
     return statistics.median(times)
 
 
-def faster_thread_count(pool, single, feeds: dict[str, np.ndarray], pool_threads: int) -> tuple[int, str]:
+def faster_thread_count(pool, single, feeds: dict[str, np.ndarray], pool_threads: int,
+                        median_of: Callable[..., float] = _median_run_s) -> tuple[int, str]:
     """``(threads, why)``: 1 if ``single`` (a one-thread session) beats ``pool`` on ``feeds``, else
-    ``pool_threads``. Rounds alternate between the two so drift on a busy machine hits both."""
-    first = _median_run_s(lambda: pool.run(None, feeds), time.perf_counter() + BUDGET_S / ROUNDS, 50)
+    ``pool_threads``. Rounds alternate between the two so drift on a busy machine hits both.
+    ``median_of(run, deadline[, max_runs])`` times ``run``."""
+    first = median_of(lambda: pool.run(None, feeds), time.perf_counter() + BUDGET_S / ROUNDS, 50)
     if first >= SMALL_MODEL_S:
         return pool_threads, f"{first * 1e3:.1f} ms per run: large enough for the pool"
     medians: dict[str, list[float]] = {"pool": [], "single": []}
     for _ in range(ROUNDS):
         for key, session in (("pool", pool), ("single", single)):
-            medians[key].append(_median_run_s(lambda s=session: s.run(None, feeds),
-                                              time.perf_counter() + BUDGET_S / ROUNDS))
+            deadline = time.perf_counter() + BUDGET_S / ROUNDS
+            medians[key].append(median_of(lambda s=session: s.run(None, feeds), deadline))
     p, s = statistics.median(medians["pool"]), statistics.median(medians["single"])
     why = f"1 thread {s * 1e6:.0f} us vs {pool_threads} threads {p * 1e6:.0f} us per run"
     return (1, why) if s < p else (pool_threads, why)

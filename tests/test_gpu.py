@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import glob
+
 import numpy as np
 import pytest
 
 ort = pytest.importorskip("onnxruntime")
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+# onnxruntime-gpu lists CUDAExecutionProvider whether or not a device is there: ask for both.
+HAS_PROVIDER = "CUDAExecutionProvider" in ort.get_available_providers()
+HAS_DEVICE = bool(glob.glob("/dev/nvidia[0-9]*"))
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA device; this machine has neither "
-                       "(CUDAExecutionProvider not in onnxruntime.get_available_providers())"),
+    pytest.mark.skipif(not (HAS_PROVIDER and HAS_DEVICE), reason=(
+        "needs onnxruntime-gpu and a CUDA device; this machine has "
+        f"{'the provider' if HAS_PROVIDER else 'no CUDAExecutionProvider'} and "
+        f"{'a device' if HAS_DEVICE else 'no /dev/nvidia* device'}")),
 ]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tensorwire.errors import DeadlineExceeded
-from tensorwire.server.scheduler import DynamicBatcher
+from tensorwire.server.scheduler import DirectScheduler, DynamicBatcher
 from tensorwire.server.statistics import ModelStatistics
 from tensorwire.server.validation import PreparedRequest
 
@@ -59,3 +59,30 @@ def test_results_go_back_to_their_callers():
         batcher.close()
     for i in range(12):
         np.testing.assert_array_equal(out[i], np.full((1, 4), i + 1, np.float32))
+
+
+def test_direct_scheduler_deadlines_and_instances_go_back():
+    """A caller waiting for the only instance gives up at its deadline without running; a deadline already
+    past never runs; the instance is free again afterwards."""
+    release, started = threading.Event(), threading.Event()
+    calls: list[float] = []
+
+    def runner(feeds, names):
+        calls.append(float(feeds["x"][0, 0]))
+        if len(calls) == 1:
+            started.set()
+            release.wait(10)
+        return [feeds["x"] * 2]
+
+    sched = DirectScheduler("m", [runner], ModelStatistics())
+    holder = threading.Thread(target=lambda: sched.execute(_prep(1.0)))
+    holder.start()
+    assert started.wait(10)  # the instance is busy until released
+    with pytest.raises(DeadlineExceeded, match="waited for model 'm'"):
+        sched.execute(_prep(2.0), deadline=time.monotonic() + 0.05)
+    release.set()
+    holder.join(10)
+    with pytest.raises(DeadlineExceeded):
+        sched.execute(_prep(3.0), deadline=time.monotonic() - 1)
+    out = sched.execute(_prep(4.0)).outputs[0]
+    assert calls == [1.0, 4.0] and out[0, 0] == 8.0

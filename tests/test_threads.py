@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,23 +45,26 @@ def test_warmup_feeds_use_fixed_dims_or_the_configs_model_warmup():
 
 
 class Timed:
-    """A stand-in session whose runs take ``seconds`` (the choice logic is what is under test here)."""
+    """A stand-in session whose "run" reports a fixed median (the choice logic is what is under test; the
+    measurement is injected, so nothing here depends on this machine's timing)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.calls = seconds, 0
 
-    def run(self, _names, _feeds):
+    def run(self, _names, _feeds) -> float:
         self.calls += 1
-        end = time.perf_counter() + self.seconds
-        while time.perf_counter() < end:
-            pass
+        return self.seconds
+
+
+def _reported(run, _deadline, _max_runs=None) -> float:
+    return run()
 
 
 def test_the_faster_session_wins_and_slow_models_keep_the_pool():
-    assert threads.faster_thread_count(Timed(300e-6), Timed(50e-6), {}, 4)[0] == 1
-    assert threads.faster_thread_count(Timed(50e-6), Timed(300e-6), {}, 4)[0] == 4
+    assert threads.faster_thread_count(Timed(300e-6), Timed(50e-6), {}, 4, _reported)[0] == 1
+    assert threads.faster_thread_count(Timed(50e-6), Timed(300e-6), {}, 4, _reported)[0] == 4
     slow_pool, single = Timed(threads.SMALL_MODEL_S * 1.5), Timed(0)
-    n, why = threads.faster_thread_count(slow_pool, single, {}, 4)
+    n, why = threads.faster_thread_count(slow_pool, single, {}, 4, _reported)
     assert n == 4 and single.calls == 0 and "large enough for the pool" in why
 
 
