@@ -5,8 +5,8 @@ For each model, one client sends the same pre-encoded request sequentially to: t
 bytes as tensorwire's response; the model also runs in-process in ONNX Runtime. The server's
 overhead is its p50 minus the in-process p50, compared with the echo's p50 (the cost of the gRPC
 round trip alone). Rounds alternate between the servers so drift on a shared machine hits all alike.
-The in-process session gets the intra-op thread count the server chose for the model (its ModelConfig
-says which), so both sides run the model the same way.
+Each server's overhead is taken against an in-process session with the intra-op thread count that server
+chose for the model (its ModelConfig says which), so both sides run the model the same way.
 
 ``python -m tensorwire.bench.fastpath_e2e [--requests N] [--rounds R] [--out DIR]``
 """
@@ -63,9 +63,13 @@ def _timed(fn, n: int) -> list[float]:
     return measure(fn, fixed_count(n, warmup=0))
 
 
-def _calls(ce, ct, cf, session, request: bytes, input_name: str, x: np.ndarray) -> dict:
-    return {"ext": lambda: ce.infer_bytes(request), "twin": lambda: ct.infer_bytes(request),
-            "echo": lambda: cf.infer_bytes(request), "ort": lambda: session.run(None, {input_name: x})}
+def _calls(ce, ct, cf, sessions: dict, request: bytes, input_name: str, x: np.ndarray) -> dict:
+    """The timed calls; one in-process baseline per intra-op thread count the two servers chose."""
+    calls = {"ext": lambda: ce.infer_bytes(request), "twin": lambda: ct.infer_bytes(request),
+             "echo": lambda: cf.infer_bytes(request)}
+    for threads, session in sessions.items():
+        calls[f"ort{threads}"] = lambda s=session: s.run(None, {input_name: x})
+    return calls
 
 
 def run(requests: int, rounds: int, out: Path | None, server_args: list[str] = ()) -> list[dict]:
@@ -91,26 +95,29 @@ def _run_in(workdir: Path, requests: int, rounds: int, out: Path | None, server_
             with InferenceClient(ext_srv.address) as ce, InferenceClient(twin_srv.address) as ct:
                 threads = {k: int(c.model_config(name).parameters["intra_op_thread_count"].string_value or 0)
                            for k, c in (("ext", ce), ("twin", ct))}
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = threads["ext"]
-                session = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options,
-                                               providers=["CPUExecutionProvider"])
+                sessions = {}
+                for n in sorted(set(threads.values())):
+                    options = ort.SessionOptions()
+                    options.intra_op_num_threads = n
+                    sessions[n] = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options,
+                                                       providers=["CPUExecutionProvider"])
                 response_size = len(ce.infer_bytes(request))
                 with echo_server(response_size, workdir=workdir) as echo, InferenceClient(echo.address) as cf:
-                    lat: dict[str, list[float]] = {"ext": [], "twin": [], "echo": [], "ort": []}
-                    calls = _calls(ce, ct, cf, session, request, input_name, x)
+                    calls = _calls(ce, ct, cf, sessions, request, input_name, x)
+                    lat: dict[str, list[float]] = {k: [] for k in calls}
                     for fn in calls.values():
                         _timed(fn, 50)  # warm-up
                     for _ in range(rounds):
                         for key, fn in calls.items():
                             lat[key].extend(_timed(fn, requests // rounds))
             s = {k: summarize(v) for k, v in lat.items()}
+            s["ort"] = s[f"ort{threads['ext']}"]  # the ext server's baseline, shown in the table
             row = {"model": name, "request_bytes": len(request), "response_bytes": response_size,
                    "ext_threads": threads["ext"], "twin_threads": threads["twin"],
                    **{f"{k}_{m}": s[k][m] for k in s for m in ("p50_ms", "p99_ms")},
                    **{f"{k}_rps": 1e3 / s[k]["mean_ms"] for k in s}}
             for k in ("ext", "twin"):
-                row[f"{k}_overhead_ms"] = s[k]["p50_ms"] - s["ort"]["p50_ms"]
+                row[f"{k}_overhead_ms"] = s[k]["p50_ms"] - s[f"ort{threads[k]}"]["p50_ms"]
                 row[f"{k}_overhead_over_echo"] = row[f"{k}_overhead_ms"] / s["echo"]["p50_ms"]
             rows.append(row)
     table = markdown(rows)

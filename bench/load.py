@@ -247,12 +247,14 @@ def _open(job: WorkerJob, calls: list, start: float) -> dict[str, Any]:
     lags: list[float] = []
     errors: Counter = Counter()
     done_at = [start]
-    pending: list = []
-    lock = threading.Lock()
+    finished = threading.Condition()
+    completed = [0]
 
     def on_done(fut, intended: float, sent: float) -> None:
         now = time.perf_counter()
-        with lock:
+        with finished:
+            completed[0] += 1
+            finished.notify_all()
             done_at.append(now)
             exc = fut.exception()
             if exc is None:
@@ -272,14 +274,11 @@ def _open(job: WorkerJob, calls: list, start: float) -> dict[str, Any]:
         lags.append(sent - intended)
         fut = calls[k % len(calls)].future(job.request, timeout=job.timeout_s)
         fut.add_done_callback(lambda f, i=intended, s=sent: on_done(f, i, s))
-        pending.append(fut)
         last_send = sent
         k += 1
-    for fut in pending:
-        with contextlib.suppress(Exception):  # failures are counted by on_done
-            fut.result(timeout=job.timeout_s + 5)
-    time.sleep(0.01)  # let the last callbacks run
-    with lock:
+    # Wait for every done-callback, not for the futures: result() can return before a callback has run.
+    with finished:
+        finished.wait_for(lambda: completed[0] >= k, timeout=job.timeout_s + 5)
         return {"latencies": list(lat), "service": list(service), "lags": lags, "errors": dict(errors),
                 "sent": k, "start": start, "end": max(done_at),
                 "last_send": last_send}

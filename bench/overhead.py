@@ -85,8 +85,11 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
 
     threads = s.threads or usable_cpus()
     tmp = None
-    if s.repository is not None and (Path(s.repository) / s.model).is_dir():
+    if s.repository is not None:
         repo = Path(s.repository).resolve()
+        if not (repo / s.model).is_dir():
+            raise FileNotFoundError(f"--repository {repo} has no model '{s.model}' (no directory {repo / s.model}); "
+                                    "leave --repository out to export the built-in one")
     else:
         tmp = tempfile.TemporaryDirectory(prefix="tensorwire-overhead-")
         repo = Path(tmp.name) / "models"

@@ -27,8 +27,11 @@ class ServerProcess:
     address: str
     process: subprocess.Popen
     log_path: Path
+    final_log: str | None = None  # kept once the server has stopped (its temporary log file is gone)
 
     def log(self) -> str:
+        if self.final_log is not None:
+            return self.final_log
         return self.log_path.read_text(errors="replace")
 
 
@@ -52,11 +55,23 @@ def _wait_live(address: str, proc: subprocess.Popen, log_path: Path, deadline: f
 @contextlib.contextmanager
 def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None = None,
            check_exit: bool = True, stop_timeout_s: float = 30.0) -> Iterator[ServerProcess]:
-    """Run ``python <args> --port-file F`` (a server on port 0), wait until it is live, SIGTERM it on exit."""
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="tensorwire-"))
+    """Run ``python <args> --port-file F`` (a server on port 0), wait until it is live, SIGTERM it on exit.
+
+    Its port file and log go to ``workdir`` if given (kept), else to a temporary directory removed on exit;
+    ``ServerProcess.log()`` still answers after that.
+    """
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tensorwire-"))
+        yield from _launch(args, Path(workdir), env, check_exit, stop_timeout_s)
+
+
+def _launch(args: Sequence[str], workdir: Path, env: dict | None, check_exit: bool,
+            stop_timeout_s: float) -> Iterator[ServerProcess]:
     stamp = f"{os.getpid()}-{time.monotonic_ns()}"
     port_file = workdir / f"port-{stamp}"
     log_path = workdir / f"server-{stamp}.log"
+    server = None
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, *args, "--port-file", str(port_file)], stdout=log_file,
                                 stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -68,7 +83,8 @@ def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None
             time.sleep(0.05)
         address = f"127.0.0.1:{port_file.read_text().strip()}"
         _wait_live(address, proc, log_path, deadline)
-        yield ServerProcess(address, proc, log_path)
+        server = ServerProcess(address, proc, log_path)
+        yield server
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -79,6 +95,8 @@ def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None
                 proc.wait()
                 raise AssertionError(f"server did not stop within {stop_timeout_s}s of SIGTERM:\n"
                                      f"{log_path.read_text()}") from None
+        if server is not None:
+            server.final_log = log_path.read_text(errors="replace")
         if check_exit and proc.returncode != 0:
             raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
 
@@ -87,7 +105,7 @@ def tensorwire_server(repository: Path, *extra_args: str, **kw) -> contextlib.Ab
     """`tensorwire serve` on 127.0.0.1 and a free port."""
     args = ["-m", "tensorwire", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
             "--grpc-port", "0", *extra_args]
-    return launch(args, workdir=kw.pop("workdir", Path(repository).parent), **kw)
+    return launch(args, **kw)
 
 
 def echo_server(response_bytes: int, **kw) -> contextlib.AbstractContextManager[ServerProcess]:

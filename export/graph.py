@@ -61,14 +61,14 @@ def check_model(model) -> None:
         raise ExportError(f"the exported graph fails onnx.checker / shape inference: {exc}") from exc
 
 
-def check_dynamic_axes(model, dynamic_axes: dict[str, dict[int, str]], max_batch_size: int) -> list[str]:
-    """Every declared dynamic axis must be symbolic in the graph; returns notes, raises on a static one.
+def check_dynamic_axes(model, dynamic_axes: dict[str, dict[int, str]], max_batch_size: int) -> None:
+    """Every declared dynamic axis must be symbolic in the graph; raises on a static one.
 
     An exporter that specialized an axis to the example's size gives a graph that refuses every other
     size: catch it here, not when the first batch of 2 reaches the server.
     """
     inputs, outputs = io_table(model)
-    problems, notes = [], []
+    problems = []
     for row in inputs + outputs:
         for axis, label in dynamic_axes.get(row["name"], {}).items():
             dims = row["dims"]
@@ -91,8 +91,3 @@ def check_dynamic_axes(model, dynamic_axes: dict[str, dict[int, str]], max_batch
             + "\nFix the module so that size is not computed into a constant (e.g. use x.shape[0] in tensor "
             "ops, not int(x.shape[0]) or a hard-coded size), or declare the axis static."
         )
-    return notes
-
-
-def model_bytes(model) -> bytes:
-    return model.SerializeToString()

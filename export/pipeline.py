@@ -82,7 +82,8 @@ def export_model(
             exc.report = report
         raise
     finally:
-        report.total_seconds = time.perf_counter() - t_start
+        if not report.total_seconds:  # a failed export: the wall time so far (a written one saved its steps' sum)
+            report.total_seconds = time.perf_counter() - t_start
         if was_training:
             model.train()
 

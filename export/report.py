@@ -95,9 +95,6 @@ class ExportReport:
     def parity_max_abs_diff(self) -> float:
         return max((c.max_abs_diff for c in self.parity), default=float("nan"))
 
-    def step_seconds(self, name: str) -> float:
-        return sum(s.seconds for s in self.steps if s.name == name)
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["dynamic_axes"] = {k: {str(a): lbl for a, lbl in v.items()} for k, v in self.dynamic_axes.items()}

@@ -26,20 +26,6 @@ def run(sess, names: list[str], arrays: list[Any]) -> list[Any]:
     return sess.run(None, dict(zip(names, arrays)))
 
 
-def latency_ms(sess, names: list[str], arrays: list[Any], runs: int = 20, budget_s: float = 3.0) -> float:
-    """Median wall time of ``sess.run`` after two warm-up runs, within a time budget."""
-    feeds = dict(zip(names, arrays))
-    for _ in range(2):
-        sess.run(None, feeds)
-    times = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < runs and (len(times) < 3 or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def compare_latency_ms(sess_a, sess_b, names: list[str], arrays: list[Any], runs: int = 15,
                        budget_s: float = 6.0) -> tuple[float, float]:
     """Median latency of two sessions measured in alternation, so load from other processes hits both."""
