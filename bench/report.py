@@ -17,6 +17,16 @@ from tensorwire.bench.machine import one_line
 PLOT_DPI = 100
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close a figure (closing frees it: these run in long benchmark processes)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=PLOT_DPI)
+    plt.close(fig)
+    return path
+
+
 def write_json(payload: dict[str, Any], path: Path) -> Path:
     path.write_text(json.dumps(payload, indent=1, default=_jsonable, allow_nan=True) + "\n")
     return path
@@ -177,10 +187,7 @@ def compare_plot(payload: dict[str, Any], path: Path) -> Path | None:
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"tensorwire bench compare: {payload['settings']['threads']} threads, "
                  f"{payload['machine'].get('cpu', '')}; labels: speedup vs eager", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_compare(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:
@@ -261,10 +268,7 @@ def load_plots(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:
             ax.set_xticks(cs, [str(c) for c in cs])
             ax.grid(alpha=0.3)
         fig.suptitle(f"bench load: {payload['settings']['model']} at {payload['settings']['target']}", fontsize=10)
-        fig.tight_layout()
-        paths["throughput_p99"] = out / "load_throughput_p99.png"
-        fig.savefig(paths["throughput_p99"], dpi=PLOT_DPI)
-        plt.close(fig)
+        paths["throughput_p99"] = _save(fig, out / "load_throughput_p99.png")
     if any(lv["cdf"]["ms"] for lv in payload["levels"]):
         fig, ax = plt.subplots(figsize=(7, 4))
         for lv in payload["levels"]:
@@ -279,10 +283,7 @@ def load_plots(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         ax.set_title(f"latency CDF: {payload['settings']['model']} at {payload['settings']['target']}", fontsize=10)
-        fig.tight_layout()
-        paths["cdf"] = out / "load_latency_cdf.png"
-        fig.savefig(paths["cdf"], dpi=PLOT_DPI)
-        plt.close(fig)
+        paths["cdf"] = _save(fig, out / "load_latency_cdf.png")
     return paths
 
 
@@ -336,10 +337,7 @@ def overhead_plot(payload: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title(f"bench overhead: {payload['settings']['model']}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_overhead(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:
