@@ -17,7 +17,7 @@ from tensorwire.bench import timing
 from tensorwire.bench.report import write_rows
 from tensorwire.fastpath import load_codec
 from tensorwire.fastpath import twin as twin_module
-from tensorwire.fastpath.messages import InferResponse, OutputTensor
+from tensorwire.proto.messages import InferResponse, OutputTensor
 
 PAYLOADS = {"16 B": 16, "4 KB": 4096, "600 KB": 3 * 224 * 224 * 4, "16 MB": 16 * 2**20}
 

@@ -121,7 +121,7 @@ def make_inputs(specs: list[dict[str, Any]], shapes: dict[str, list[int]], data:
 
     Integers default to 0..1, which is valid for token ids, attention masks and type ids alike.
     """
-    from tensorwire.fastpath.datatypes import DATATYPES
+    from tensorwire.proto.datatypes import DATATYPES
 
     rng = np.random.default_rng(seed)
     arrays: dict[str, tuple[str, np.ndarray]] = {}

@@ -15,7 +15,7 @@ from tensorwire.export.graph import TWO_GB, io_table
 def build_config(model, name: str, max_batch_size: int, parameters: dict[str, str] | None = None):
     """A ``ModelConfig`` from the served graph's interface; dims drop the batch axis when batching."""
     from tensorwire import proto as pb
-    from tensorwire.fastpath.datatypes import BY_ONNX_ELEM_TYPE
+    from tensorwire.proto.datatypes import BY_ONNX_ELEM_TYPE
 
     cfg = pb.ModelConfig(name=name, platform="onnxruntime_onnx", backend="onnxruntime",
                          max_batch_size=max_batch_size)

@@ -1,7 +1,7 @@
 """Wire codecs for the inference hot path: the Cython extension, or its pure-Python twin.
 
 Both expose the same three functions (``decode_infer_request``, ``encode_infer_response``,
-``encode_stream_response``) over the plain objects of ``tensorwire.fastpath.messages``.
+``encode_stream_response``) over the plain objects of ``tensorwire.proto.messages``.
 ``load_codec("auto")`` takes the extension when it is built and the twin otherwise;
 ``TENSORWIRE_FASTPATH=twin`` (or ``tensorwire serve --fastpath twin``) forces the twin.
 """
@@ -32,14 +32,6 @@ def _codec_of(module: ModuleType, name: str) -> Codec:
         encode_infer_response=module.encode_infer_response,
         encode_stream_response=module.encode_stream_response,
     )
-
-
-def extension_available() -> bool:
-    try:
-        from tensorwire.fastpath import _wire  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def load_codec(choice: str | None = None) -> Codec:

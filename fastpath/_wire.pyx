@@ -48,9 +48,9 @@ import sys
 import numpy as np
 
 from tensorwire.errors import InvalidArgument
-from tensorwire.fastpath.datatypes import CONTENTS_FIELD_DTYPES, DATATYPES
-from tensorwire.fastpath.messages import InferRequest, InputTensor, RequestedOutput
-from tensorwire.fastpath.tensors import contents_from_array, serialize_bytes_tensor
+from tensorwire.proto.datatypes import CONTENTS_FIELD_DTYPES, DATATYPES
+from tensorwire.proto.messages import InferRequest, InputTensor, RequestedOutput
+from tensorwire.proto.tensors import contents_from_array, serialize_bytes_tensor
 
 if sys.byteorder != "little":
     raise ImportError("tensorwire.fastpath._wire supports little-endian hosts only")

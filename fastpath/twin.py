@@ -12,15 +12,15 @@ from google.protobuf.message import DecodeError
 
 from tensorwire import proto as pb
 from tensorwire.errors import InvalidArgument
-from tensorwire.fastpath.datatypes import CONTENTS_FIELD_DTYPES, DATATYPES
-from tensorwire.fastpath.messages import (
+from tensorwire.proto.datatypes import CONTENTS_FIELD_DTYPES, DATATYPES
+from tensorwire.proto.messages import (
     InferRequest,
     InferResponse,
     InputTensor,
     ParamValue,
     RequestedOutput,
 )
-from tensorwire.fastpath.tensors import contents_from_array, raw_from_array
+from tensorwire.proto.tensors import contents_from_array, raw_from_array
 
 NAME = "twin"
 

@@ -1,4 +1,9 @@
-"""The wire contract as message classes from a private descriptor pool.
+"""The wire contract: message classes from a private descriptor pool, and its shared vocabulary.
+
+Everything that speaks the protocol without being the codec lives here: ``datatypes`` (the one table of
+datatype names), ``messages`` (the decoded request / to-be-encoded response objects) and ``tensors``
+(wire data <-> numpy). The server, the client, export and bench import these; ``tensorwire.fastpath``
+holds only the codecs, so nothing needs the codec to name a datatype.
 
 ``inference.binpb`` is compiled from the ``.proto`` files beside it when the package is built. It is
 loaded into a pool of our own rather than protobuf's default pool, so that a process may import
@@ -13,7 +18,6 @@ from importlib import resources
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-PROTO_FILES = ("grpc_service.proto", "model_config.proto")
 
 
 def _load_pool() -> descriptor_pool.DescriptorPool:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tensorwire.errors import DeadlineExceeded, TensorwireError
-from tensorwire.fastpath.messages import InferRequest, InferResponse, OutputTensor
+from tensorwire.proto.messages import InferRequest, InferResponse, OutputTensor
 from tensorwire.server.repository import ModelRepository
 from tensorwire.server.validation import prepare, prepare_fast
 

@@ -14,7 +14,7 @@ from google.protobuf import text_format
 
 from tensorwire import proto as pb
 from tensorwire.errors import ModelLoadError
-from tensorwire.fastpath.datatypes import BY_CONFIG_ENUM, BY_ORT_TYPE, Datatype
+from tensorwire.proto.datatypes import BY_CONFIG_ENUM, BY_ORT_TYPE, Datatype
 
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MODEL_FILENAME = "model.onnx"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tensorwire.errors import InvalidArgument
-from tensorwire.fastpath.messages import InferRequest
-from tensorwire.fastpath.tensors import (
+from tensorwire.proto.messages import InferRequest
+from tensorwire.proto.tensors import (
     array_from_contents,
     array_from_raw,
     datatype,

@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tensorwire import proto as pb
 from tensorwire.export import build_builtin, export_model
 from tensorwire.export.testing import infer_grpc, random_inputs, torch_reference
-from tensorwire.fastpath.datatypes import DATATYPES
+from tensorwire.proto.datatypes import DATATYPES
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -16,9 +16,9 @@ from wire_forms import from_pb, key, normalize, varint
 from tensorwire import proto as pb
 from tensorwire.errors import InvalidArgument
 from tensorwire.fastpath import load_codec
-from tensorwire.fastpath.datatypes import DATATYPES
-from tensorwire.fastpath.messages import InferResponse, OutputTensor
-from tensorwire.fastpath.tensors import array_from_contents, array_from_raw, serialize_bytes_tensor
+from tensorwire.proto.datatypes import DATATYPES
+from tensorwire.proto.messages import InferResponse, OutputTensor
+from tensorwire.proto.tensors import array_from_contents, array_from_raw, serialize_bytes_tensor
 
 # --- wire-format builders ---------------------------------------------------------------------------
 

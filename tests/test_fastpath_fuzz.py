@@ -22,8 +22,8 @@ from wire_forms import from_pb, key, normalize, varint
 from tensorwire import proto as pb
 from tensorwire.errors import InvalidArgument
 from tensorwire.fastpath import load_codec
-from tensorwire.fastpath.datatypes import DATATYPES
-from tensorwire.fastpath.messages import InferResponse, OutputTensor
+from tensorwire.proto.datatypes import DATATYPES
+from tensorwire.proto.messages import InferResponse, OutputTensor
 
 FUZZ_SECONDS = float(os.environ.get("TENSORWIRE_FUZZ_SECONDS", "60"))
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from tensorwire import proto as pb
 from tensorwire.bench.fastpath_e2e import image_model, mlp_model
-from tensorwire.fastpath.datatypes import DATATYPES
+from tensorwire.proto.datatypes import DATATYPES
 from tensorwire.server import threads
 from tensorwire.server.affinity import usable_cpus
 from tensorwire.server.model_config import ModelSpec, TensorSpec

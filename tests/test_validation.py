@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from tensorwire import proto as pb
 from tensorwire.errors import InvalidArgument
-from tensorwire.fastpath.datatypes import DATATYPES
-from tensorwire.fastpath.messages import InferRequest, InputTensor, RequestedOutput
+from tensorwire.proto.datatypes import DATATYPES
+from tensorwire.proto.messages import InferRequest, InputTensor, RequestedOutput
 from tensorwire.server.model_config import ModelSpec, TensorSpec
 from tensorwire.server.validation import FastLane, PreparedRequest, prepare, prepare_fast
 

@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 
-from tensorwire.fastpath.datatypes import CONTENTS_FIELD_DTYPES
+from tensorwire.proto.datatypes import CONTENTS_FIELD_DTYPES
 
 
 def varint(n: int) -> bytes:

@@ -15,8 +15,8 @@ from google.protobuf import json_format
 
 from tensorwire import errors
 from tensorwire import proto as pb
-from tensorwire.fastpath.datatypes import DATATYPES, datatype_of_numpy
-from tensorwire.fastpath.tensors import deserialize_bytes_tensor, raw_from_array
+from tensorwire.proto.datatypes import DATATYPES, datatype_of_numpy
+from tensorwire.proto.tensors import deserialize_bytes_tensor, raw_from_array
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # grpcio's own default receive limit is only 4 MiB
 

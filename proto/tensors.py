@@ -14,7 +14,7 @@ import struct
 import numpy as np
 
 from tensorwire.errors import InvalidArgument
-from tensorwire.fastpath.datatypes import CONTENTS_FIELD_DTYPES, DATATYPES, Datatype
+from tensorwire.proto.datatypes import CONTENTS_FIELD_DTYPES, DATATYPES, Datatype
 
 _U32 = struct.Struct("<I")
 
