@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from tensorwire import __version__
 from tensorwire import proto as pb
-from tensorwire.errors import InvalidArgument, NotFound, TensorwireError, Unavailable
+from tensorwire.errors import InvalidArgument, NotFound, RequestError, Unavailable
 from tensorwire.fastpath import Codec
 from tensorwire.server.inference import InferenceEngine
 from tensorwire.server.repository import READY, ModelRepository
@@ -41,7 +41,7 @@ def deadline_of(context: grpc.ServicerContext) -> float | None:
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
-    if isinstance(exc, TensorwireError):
+    if isinstance(exc, RequestError):
         context.abort(exc.code, str(exc))
     log.exception("internal error in handler")
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
@@ -154,7 +154,7 @@ class InferenceServicer:
                 request = self.codec.decode_infer_request(request_bytes)
                 answer = self.codec.encode_stream_response(
                     self.engine.infer(request, deadline_of(context), context.is_active))
-            except TensorwireError as exc:
+            except RequestError as exc:
                 yield self.codec.encode_stream_response(None, str(exc))
                 continue
             except Exception as exc:  # keep the stream alive on a bug, but say what happened

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tensorwire.errors import DeadlineExceeded, TensorwireError
+from tensorwire.errors import DeadlineExceeded, RequestError
 from tensorwire.proto.messages import InferRequest, InferResponse, OutputTensor
 from tensorwire.server.repository import ModelRepository
 from tensorwire.server.validation import prepare, prepare_fast
@@ -57,7 +57,7 @@ class InferenceEngine:
                 raw=prep.raw_output,
             )
             times.compute_output_ns = time.perf_counter_ns() - t2
-        except TensorwireError:
+        except RequestError:
             model.stats.record_failure(time.perf_counter_ns() - start)
             raise
         model.stats.record_success(prep.batch_size, time.perf_counter_ns() - start, times)

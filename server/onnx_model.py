@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorwire.errors import InvalidArgument, ModelLoadError, RuntimeMissing, TensorwireError
+from tensorwire.errors import Internal, InvalidArgument, ModelLoadError, RequestError, RuntimeMissing
 from tensorwire.server.affinity import usable_cpus
 from tensorwire.server.model_config import (
     DEFAULT_MODEL_FILENAME,
@@ -75,12 +75,12 @@ def _instance_count(cfg) -> int:
     return max(1, sum(max(g.count, 1) for g in cfg.instance_group) if cfg.instance_group else 1)
 
 
-def ort_error(exc: Exception, where: str) -> TensorwireError:
+def ort_error(exc: Exception, where: str) -> RequestError:
     """ONNX Runtime's pybind exceptions as our error types (INVALID_ARGUMENT where ORT says so)."""
     msg = f"{where}: ONNX Runtime rejected the request: {exc}"
     if type(exc).__name__ in ("InvalidArgument", "InvalidProtobuf"):
         return InvalidArgument(msg)
-    return TensorwireError(msg)
+    return Internal(msg)
 
 
 def make_runner(session, providers: list[str], where: str = "model") -> Runner:

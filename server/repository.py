@@ -15,7 +15,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from tensorwire import proto as pb
-from tensorwire.errors import InvalidArgument, ModelLoadError, NotFound, TensorwireError, Unavailable
+from tensorwire.errors import InvalidArgument, ModelLoadError, NotFound, RequestError, Unavailable
 from tensorwire.server.model_config import (
     CONFIG_FILE,
     check_supported,
@@ -98,7 +98,7 @@ class ModelRepository:
         for name in names:
             try:
                 self.load(name)
-            except TensorwireError as exc:
+            except RequestError as exc:
                 self.startup_failures.append(name)
                 log.error("model '%s' failed to load: %s", name, exc)
 
@@ -124,7 +124,7 @@ class ModelRepository:
                 per_version.CopyFrom(cfg)
                 loaded[str(v)] = load_model_version(model_dir, v, per_version, self.settings, mbs_written)
         except Exception as exc:  # whatever it was, the model gets a state with its reason
-            error = exc if isinstance(exc, TensorwireError) else ModelLoadError(
+            error = exc if isinstance(exc, RequestError) else ModelLoadError(
                 f"model '{name}': cannot load {model_dir}: {type(exc).__name__}: {exc}")
             with self._lock:
                 old, entry.versions = entry.versions, {}

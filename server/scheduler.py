@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tensorwire.errors import DeadlineExceeded, ResourceExhausted, TensorwireError, Unavailable
+from tensorwire.errors import DeadlineExceeded, Internal, RequestError, ResourceExhausted, Unavailable
 from tensorwire.server.statistics import ModelStatistics, RequestTimes
 from tensorwire.server.validation import PreparedRequest
 
@@ -265,7 +265,7 @@ class DynamicBatcher:
             self._run(runner, batch)
         except BaseException as exc:  # never let a batch take its thread down: fail it, keep serving
             log.exception("batch of model '%s' failed", self.name)
-            err = exc if isinstance(exc, TensorwireError) else TensorwireError(f"{type(exc).__name__}: {exc}")
+            err = exc if isinstance(exc, RequestError) else Internal(f"{type(exc).__name__}: {exc}")
             for it in batch:
                 if not it.done.is_set():
                     it.finish(error=err)

@@ -2,7 +2,7 @@
 
 Subpackages: ``tensorwire.export`` (torch -> ONNX model repository), ``tensorwire.server`` (the gRPC
 server), ``tensorwire.fastpath`` (wire codecs: Cython hot path and its pure-Python twin),
-``tensorwire.proto`` (the wire contract), ``tensorwire.bench`` (benchmarks), ``tensorwire.client``
+``tensorwire.proto`` (the wire contract and its vocabulary: datatypes, messages, tensors), ``tensorwire.bench`` (benchmarks), ``tensorwire.client``
 (a small Python client).
 """
 
@@ -10,6 +10,7 @@ from tensorwire.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    RequestError,
     ResourceExhausted,
     TensorwireError,
     Unavailable,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "TensorwireError",
+    "RequestError",
     "InvalidArgument",
     "NotFound",
     "Unavailable",

@@ -20,20 +20,8 @@ from tensorwire.proto.tensors import deserialize_bytes_tensor, raw_from_array
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # grpcio's own default receive limit is only 4 MiB
 
-_ERRORS = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
-}
-
-
-def _error(exc: grpc.RpcError) -> errors.TensorwireError:
-    cls = _ERRORS.get(exc.code(), errors.TensorwireError)
-    err = cls(f"{exc.code().name}: {exc.details()}")
-    err.code = exc.code()
-    return err
+def _error(exc: grpc.RpcError) -> errors.RequestError:
+    return errors.for_status(exc.code())(f"{exc.code().name}: {exc.details()}")
 
 
 @dataclass

@@ -1,7 +1,10 @@
-"""Error types that carry their gRPC status code, so every layer raises one kind of thing.
+"""Every error tensorwire shows a user, in one hierarchy.
 
-The server turns a ``TensorwireError`` into ``context.abort(err.code, str(err))``; anything else that
-escapes a handler is a bug and becomes INTERNAL.
+``TensorwireError`` is the root: the CLI prints its message and exits 2, and anything else that escapes
+is a bug. Below it, ``RequestError`` and its subclasses carry a gRPC status as a class attribute: the
+server turns one into ``context.abort(err.code, str(err))`` and the client raises the subclass that
+matches the status it received. Errors that have nothing to do with a request (an export that cannot be
+vouched for, a missing runtime, a bad setting) carry no status.
 """
 
 from __future__ import annotations
@@ -10,46 +13,101 @@ import grpc
 
 
 class TensorwireError(Exception):
-    """Base class: a failure with a message meant for the client that caused it."""
+    """Base class: a failure with a message meant for the person or client that caused it."""
+
+
+class RequestError(TensorwireError):
+    """A request failed; ``code`` is the gRPC status the server answers with (a class attribute)."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
 
-class InvalidArgument(TensorwireError):
+class InvalidArgument(RequestError):
     """Malformed request, or a tensor whose name, datatype, shape or size does not fit the model."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class NotFound(TensorwireError):
+class NotFound(RequestError):
     """Unknown model or version."""
 
     code = grpc.StatusCode.NOT_FOUND
 
 
-class Unavailable(TensorwireError):
-    """Model known but not ready, or the server is draining."""
+class Unavailable(RequestError):
+    """Model known but not ready, an RPC the server's settings refuse, or the server is draining."""
 
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class ResourceExhausted(TensorwireError):
+class ResourceExhausted(RequestError):
     """Queue full or message too large."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class DeadlineExceeded(TensorwireError):
+class DeadlineExceeded(RequestError):
     """The client's deadline passed before the answer was ready."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class ModelLoadError(TensorwireError):
+class Internal(RequestError):
+    """The server failed for a reason that is not the request's fault (a bug or a runtime failure)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unimplemented(RequestError):
+    """The RPC or feature is not implemented by this server."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Cancelled(RequestError):
+    """The call was cancelled."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unauthenticated(RequestError):
+    """The call did not carry valid credentials."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(RequestError):
+    """The caller may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ModelLoadError(RequestError):
     """A model could not be loaded; the reason is kept for RepositoryIndex and ModelReady."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class RuntimeMissing(RuntimeError):
+_BY_STATUS: dict[grpc.StatusCode, type[RequestError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, Unavailable, ResourceExhausted, DeadlineExceeded, Internal,
+                Unimplemented, Cancelled, Unauthenticated, PermissionDenied)
+}
+
+
+def for_status(code: grpc.StatusCode) -> type[RequestError]:
+    """The error class of a gRPC status (made once for a status without a class of its own), so the
+    client raises types whose ``code`` is the status received, never a field changed per instance."""
+    cls = _BY_STATUS.get(code)
+    if cls is None:
+        name = "".join(part.title() for part in code.name.split("_"))
+        cls = _BY_STATUS[code] = type(name, (RequestError,), {"code": code, "__module__": __name__})
+    return cls
+
+
+class RuntimeMissing(TensorwireError):
     """Neither onnxruntime nor onnxruntime-gpu is installed."""
+
+
+class SettingsError(TensorwireError):
+    """A server setting (a flag, a certificate file, a CPU list) cannot be used; the server does not start."""
