@@ -97,6 +97,16 @@ def build_repository(root: Path, models: list[str]) -> dict[str, dict]:
     return shapes
 
 
+def _only(root: Path, name: str) -> Path:
+    """A repository holding just ``name`` (a link to its directory): in the default model control mode
+    every model of a repository loads, and --load-model needs explicit mode, which --workers refuses."""
+    single = root / "single" / name
+    if not single.exists():
+        single.mkdir(parents=True)
+        (single / name).symlink_to(root / "models" / name, target_is_directory=True)
+    return single
+
+
 def run(out: Path | None, duration: float, models: list[str], workers: list[int]) -> list[dict]:
     """Runs in a temporary directory that is removed afterwards (models, logs)."""
     with tempfile.TemporaryDirectory(prefix="tensorwire-bench-") as tmp:
@@ -110,8 +120,7 @@ def _run_in(root: Path, out: Path | None, duration: float, models: list[str], wo
         for batching in MODES:
             name = f"{model}_{batching}"
             for w in workers:
-                args = ["--load-model", name, "--workers", str(w)]
-                with tensorwire_server(root / "models", *args, workdir=root) as server:
+                with tensorwire_server(_only(root, name), "--workers", str(w), workdir=root) as server:
                     payload = run_load(LoadSettings(target=server.address, model=name, concurrency=CONCURRENCY,
                                                     duration_s=duration, warmup_s=min(1.0, duration / 4),
                                                     shapes=shapes[model], progress=False))

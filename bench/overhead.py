@@ -99,7 +99,8 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
     bar = progress_bar(s.rounds, s.progress, unit="round")
     try:
         with tensorwire_server(repo, "--intra-op-threads", str(threads), "--inter-op-threads", "1",
-                               "--load-model", s.model, "--fastpath", s.fastpath) as server, \
+                               "--model-control-mode", "explicit", "--load-model", s.model,
+                               "--fastpath", s.fastpath) as server, \
                 InferenceClient(server.address, timeout=60) as client:
             deadline = time.monotonic() + 120
             while not client.model_ready(s.model):

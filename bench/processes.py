@@ -19,6 +19,8 @@ from pathlib import Path
 
 import grpc
 
+from tensorwire.client import TLS, open_channel
+
 STARTUP_TIMEOUT_S = 120.0
 
 
@@ -35,15 +37,18 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def _wait_live(address: str, proc: subprocess.Popen, log_path: Path, deadline: float) -> None:
-    """Poll ServerLive (answered by tensorwire; the echo server answers UNIMPLEMENTED, which also means up)."""
-    with grpc.insecure_channel(address) as channel:
+def _wait_live(address: str, proc: subprocess.Popen, log_path: Path, deadline: float,
+               tls: TLS | None = None, headers: dict | None = None) -> None:
+    """Poll ServerLive (answered by tensorwire; the echo server answers UNIMPLEMENTED, which also means up),
+    over TLS and with ``headers`` when the server wants them."""
+    metadata = tuple(headers.items()) if headers else None
+    with open_channel(address, tls=tls) as channel:
         live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
             try:
-                live(b"", timeout=1.0)
+                live(b"", timeout=1.0, metadata=metadata)
                 return
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -54,20 +59,22 @@ def _wait_live(address: str, proc: subprocess.Popen, log_path: Path, deadline: f
 
 @contextlib.contextmanager
 def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None = None,
-           check_exit: bool = True, stop_timeout_s: float = 30.0) -> Iterator[ServerProcess]:
+           check_exit: bool = True, stop_timeout_s: float = 30.0, tls: TLS | None = None,
+           headers: dict | None = None) -> Iterator[ServerProcess]:
     """Run ``python <args> --port-file F`` (a server on port 0), wait until it is live, SIGTERM it on exit.
 
     Its port file and log go to ``workdir`` if given (kept), else to a temporary directory removed on exit;
-    ``ServerProcess.log()`` still answers after that.
+    ``ServerProcess.log()`` still answers after that. ``tls`` and ``headers`` are what a client needs to
+    reach a server started with TLS or restricted protocols.
     """
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tensorwire-"))
-        yield from _launch(args, Path(workdir), env, check_exit, stop_timeout_s)
+        yield from _launch(args, Path(workdir), env, check_exit, stop_timeout_s, tls, headers)
 
 
 def _launch(args: Sequence[str], workdir: Path, env: dict | None, check_exit: bool,
-            stop_timeout_s: float) -> Iterator[ServerProcess]:
+            stop_timeout_s: float, tls: TLS | None, headers: dict | None) -> Iterator[ServerProcess]:
     stamp = f"{os.getpid()}-{time.monotonic_ns()}"
     port_file = workdir / f"port-{stamp}"
     log_path = workdir / f"server-{stamp}.log"
@@ -82,7 +89,7 @@ def _launch(args: Sequence[str], workdir: Path, env: dict | None, check_exit: bo
                 raise RuntimeError(f"server did not start (exit {proc.poll()}):\n{log_path.read_text()}")
             time.sleep(0.05)
         address = f"127.0.0.1:{port_file.read_text().strip()}"
-        _wait_live(address, proc, log_path, deadline)
+        _wait_live(address, proc, log_path, deadline, tls, headers)
         server = ServerProcess(address, proc, log_path)
         yield server
     finally:

@@ -13,11 +13,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tensorwire import proto as pb
+from tensorwire.errors import ModelLoadError
 from tensorwire.fastpath import load_codec
 from tensorwire.server.affinity import pin_process
 from tensorwire.server.allocator import keep_large_blocks
 from tensorwire.server.grpc_service import InferenceServicer
 from tensorwire.server.repository import ModelRepository
+from tensorwire.server.security import interceptors, loopback_only, server_credentials
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.server")
@@ -54,15 +56,38 @@ class TensorwireServer:
             tuned = keep_large_blocks()
             log.info("malloc: %s", "large blocks kept for reuse" if tuned else "not tuned (not glibc)")
         self.repository.load_all()
+        self._check_startup_loads()
+        server = self._grpc_server()
+        self.port = self._listen(server)
+        server.start()
+        self._grpc = server
+        self.servicer.started.set()
+        self.refresh_health()
+        if s.port_file:
+            s.port_file.write_text(str(self.port))
+        return self
+
+    def _check_startup_loads(self) -> None:
+        """Mode none cannot load a model later, so a failure at start stops the server (Triton's
+        --exit-on-error) unless --no-exit-on-error says to serve the others."""
+        failed = self.repository.startup_failures
+        if failed and self.settings.model_control_mode == "none" and self.settings.exit_on_error:
+            self.repository.close()
+            raise ModelLoadError(f"model(s) {', '.join(failed)} failed to load at start (reasons above); "
+                                 "fix the repository, or pass --no-exit-on-error to serve the other models")
+
+    def _grpc_server(self) -> grpc.Server:
+        s = self.settings
         options = [
-            ("grpc.max_receive_message_length", s.max_receive_message_bytes),
-            ("grpc.max_send_message_length", s.max_send_message_bytes),
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=s.handler_threads, thread_name_prefix="tensorwire-rpc"),
             options=options,
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            interceptors=interceptors(s),
         )
         server.add_generic_rpc_handlers((self.servicer.generic_handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -72,16 +97,21 @@ class TensorwireServer:
             server,
             pool=pb.POOL,
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {s.host}:{s.grpc_port}")
-        server.start()
-        self._grpc = server
-        self.servicer.started.set()
-        self.refresh_health()
-        if s.port_file:
-            s.port_file.write_text(str(self.port))
-        return self
+        return server
+
+    def _listen(self, server: grpc.Server) -> int:
+        s = self.settings
+        address = f"{s.host}:{s.grpc_port}"
+        port = server.add_secure_port(address, server_credentials(s)) if s.tls else server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        if not s.tls and not loopback_only(s.host) and s.model_control_mode != "none":
+            log.warning("plaintext gRPC on %s is reachable beyond loopback with --model-control-mode %s: anyone "
+                        "who can reach port %d can load and unload models (docs/security.md)",
+                        s.host, s.model_control_mode, port)
+        log.info("listening on %s:%d (%s)", s.host, port,
+                 "mutual TLS" if s.grpc_use_ssl_mutual else "TLS" if s.tls else "plaintext")
+        return port
 
     def refresh_health(self) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if self.servicer.is_ready()
@@ -105,11 +135,7 @@ class TensorwireServer:
 
 
 def serve(settings: ServerSettings, quiet: bool = False) -> int:
-    """Run until SIGTERM or SIGINT, then shut down gracefully and return 0."""
-    if settings.workers > 1:
-        from tensorwire.server.workers import serve_workers
-
-        return serve_workers(settings)
+    """Run one server process until SIGTERM or SIGINT, then shut down gracefully and return 0."""
     stop = threading.Event()
     received: list[str] = []
 

@@ -1,4 +1,4 @@
-"""The RPC layer: ``inference.GRPCInferenceService`` handlers over the repository and the engine.
+"""The RPC layer: ``inference.GRPCInferenceService`` handlers, thin over the repository and its models.
 
 Registered as a generic handler, without generated servicer classes: ModelInfer and ModelStreamInfer
 take the request as the raw bytes grpcio received (no deserializer) and return wire bytes (no
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -20,24 +19,15 @@ from tensorwire import __version__
 from tensorwire import proto as pb
 from tensorwire.errors import InvalidArgument, NotFound, RequestError, Unavailable
 from tensorwire.fastpath import Codec
-from tensorwire.server.inference import InferenceEngine
+from tensorwire.server.limits import check_config_json_size, shown
+from tensorwire.server.model import Call
 from tensorwire.server.repository import READY, ModelRepository
 
 log = logging.getLogger("tensorwire.grpc")
 
+DRAINING = "server is shutting down; not accepting new requests"
+MODEL_CONTROL_DISABLED = "explicit model load / unload is not allowed if polling is enabled"
 EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters"]
-
-
-# grpcio reports "no deadline" as a time_remaining() of about 2**63 seconds.
-_NO_DEADLINE_S = 1e9
-
-
-def deadline_of(context: grpc.ServicerContext) -> float | None:
-    """The client's deadline as a time.monotonic() instant, or None when it set none."""
-    remaining = context.time_remaining()
-    if remaining is None or remaining > _NO_DEADLINE_S:
-        return None
-    return time.monotonic() + remaining
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
@@ -52,7 +42,6 @@ class InferenceServicer:
 
     def __init__(self, repository: ModelRepository, codec: Codec) -> None:
         self.repository = repository
-        self.engine = InferenceEngine(repository)
         self.codec = codec
         self.draining = threading.Event()
         self.started = threading.Event()
@@ -115,45 +104,51 @@ class InferenceServicer:
         return resp
 
     def repository_model_load(self, request, context):
-        self._check_repository_name(request.repository_name)
+        self._check_model_control(request.repository_name)
         config_json = None
         for key, param in request.parameters.items():
             if key == "config":
                 config_json = param.string_param
+                check_config_json_size(request.model_name, config_json)
             else:
                 raise InvalidArgument(
-                    f"load parameter '{key}' is not supported; tensorwire accepts 'config' (a ModelConfig as JSON)"
+                    f"load parameter {shown(key)} is not supported; tensorwire accepts 'config' (a ModelConfig as JSON)"
                 )
         self.repository.load(request.model_name, config_json)
         return pb.RepositoryModelLoadResponse()
 
     def repository_model_unload(self, request, context):
-        self._check_repository_name(request.repository_name)
+        self._check_model_control(request.repository_name)
         self.repository.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    def _check_repository_name(self, name: str) -> None:
-        if name and name != self.repository.root.name and name != str(self.repository.root):
-            raise NotFound(f"unknown repository '{name}'; this server has one: '{self.repository.root}'")
+    def _check_model_control(self, repository_name: str) -> None:
+        """Load and unload are privileged: refused (Triton's words) unless --model-control-mode explicit."""
+        if self.repository.settings.model_control_mode != "explicit":
+            raise Unavailable(MODEL_CONTROL_DISABLED)
+        root = self.repository.root
+        if repository_name and repository_name not in (root.name, str(root)):
+            raise NotFound(f"unknown repository {shown(repository_name)}; this server has one: '{root.name}'")
 
     # -- inference (bytes in, bytes out) -----------------------------------------------------
     def model_infer(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes:
         if self.draining.is_set():
-            raise Unavailable("server is shutting down; not accepting new requests")
+            raise Unavailable(DRAINING)
+        return self.codec.encode_infer_response(self._infer(request_bytes, Call.of_grpc(context)))
+
+    def _infer(self, request_bytes: bytes, call: Call):
         request = self.codec.decode_infer_request(request_bytes)
-        return self.codec.encode_infer_response(
-            self.engine.infer(request, deadline_of(context), context.is_active))
+        return self.repository.get(request.model_name, request.model_version).infer(request, call)
 
     def model_stream_infer(self, request_iterator: Iterator[bytes], context) -> Iterator[bytes]:
         """Answer each streamed request in order; a failed one gets error_message, the stream goes on."""
+        call = Call.of_grpc(context)
         for request_bytes in request_iterator:
             if self.draining.is_set():
-                yield self.codec.encode_stream_response(None, "server is shutting down; not accepting new requests")
+                yield self.codec.encode_stream_response(None, DRAINING)
                 return
             try:
-                request = self.codec.decode_infer_request(request_bytes)
-                answer = self.codec.encode_stream_response(
-                    self.engine.infer(request, deadline_of(context), context.is_active))
+                answer = self.codec.encode_stream_response(self._infer(request_bytes, call))
             except RequestError as exc:
                 yield self.codec.encode_stream_response(None, str(exc))
                 continue

@@ -6,14 +6,15 @@ repository of ONNX models loads unchanged. What the server acts on is condensed 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 
 from tensorwire import proto as pb
-from tensorwire.errors import ModelLoadError
+from tensorwire.errors import InvalidArgument, ModelLoadError
 from tensorwire.proto.datatypes import BY_CONFIG_ENUM, BY_ORT_TYPE, Datatype
 
 CONFIG_FILE = "config.pbtxt"
@@ -51,29 +52,54 @@ class ModelSpec:
         return ((-1,) + t.dims) if self.max_batch_size > 0 else t.dims
 
 
-def read_model_config(model_dir: Path):
-    """The config.pbtxt of ``model_dir`` parsed (an empty config if the file is absent).
+# proto3 cannot tell ``max_batch_size: 0`` from an absent field, and only an absent one is completed from
+# the graph. Reading a config marks an absent one with this value; complete_config() resolves it.
+MAX_BATCH_SIZE_UNSET = -1
 
-    Returns ``(config, max_batch_size_written)``: proto3 cannot tell ``max_batch_size: 0`` from an
-    absent field, and only an absent one is completed from the graph.
-    """
+
+def _mark_max_batch_size(cfg, written: bool, where: str) -> None:
+    if not written:
+        cfg.max_batch_size = MAX_BATCH_SIZE_UNSET
+    elif cfg.max_batch_size < 0:
+        raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {cfg.max_batch_size}")
+
+
+def read_model_config(model_dir: Path):
+    """The config.pbtxt of ``model_dir`` parsed (an empty config if the file is absent)."""
     cfg = pb.ModelConfig()
-    mbs_written = False
+    written = False
     path = model_dir / CONFIG_FILE
+    where = f"model '{model_dir.name}': {CONFIG_FILE}"
     if path.exists():
         text = path.read_text()
         try:
             text_format.Parse(text, cfg)
         except text_format.ParseError as exc:
-            raise ModelLoadError(f"{path}: not a valid model configuration: {exc}") from None
-        mbs_written = re.search(r"^\s*max_batch_size\s*:", text, re.M) is not None
+            raise ModelLoadError(f"{where}: not a valid model configuration: {exc}") from None
+        written = re.search(r"^\s*max_batch_size\s*:", text, re.M) is not None
     if cfg.name and cfg.name != model_dir.name:
         raise ModelLoadError(
-            f"{path}: config names the model '{cfg.name}' but its directory is '{model_dir.name}'; "
-            "they must match"
+            f"{where}: config names the model '{cfg.name}' but its directory is '{model_dir.name}'; they must match"
         )
     cfg.name = model_dir.name
-    return cfg, mbs_written
+    _mark_max_batch_size(cfg, written, where)
+    return cfg
+
+
+def config_from_json(name: str, config_json: str):
+    """A ModelConfig given as JSON (RepositoryModelLoad's ``config`` parameter) for the model ``name``."""
+    cfg = pb.ModelConfig()
+    try:
+        fields = json.loads(config_json)
+        json_format.Parse(config_json, cfg)
+    except (ValueError, json_format.ParseError) as exc:
+        raise InvalidArgument(f"model '{name}': the 'config' parameter is not a ModelConfig: {exc}") from None
+    if cfg.name and cfg.name != name:
+        raise InvalidArgument(f"model '{name}': the 'config' parameter names the model '{cfg.name}'; they must match")
+    cfg.name = name
+    written = isinstance(fields, dict) and ("max_batch_size" in fields or "maxBatchSize" in fields)
+    _mark_max_batch_size(cfg, written, f"model '{name}': the 'config' parameter")
+    return cfg
 
 
 def check_supported(cfg) -> None:
@@ -86,8 +112,6 @@ def check_supported(cfg) -> None:
     which = cfg.WhichOneof("scheduling_choice")
     if which in ("sequence_batching", "ensemble_scheduling"):
         raise ModelLoadError(f"model '{cfg.name}': {which} is not supported by tensorwire")
-    if cfg.max_batch_size < 0:
-        raise ModelLoadError(f"model '{cfg.name}': max_batch_size must be >= 0, got {cfg.max_batch_size}")
 
 
 @dataclass(frozen=True)
@@ -153,12 +177,12 @@ def _check_declared(kind: str, declared, graph: dict[str, GraphTensor], mbs: int
 
 
 def complete_config(cfg, graph_inputs: list[GraphTensor], graph_outputs: list[GraphTensor],
-                    default_max_batch_size: int, max_batch_size_written: bool = False) -> ModelSpec:
+                    default_max_batch_size: int) -> ModelSpec:
     """Fill what config.pbtxt leaves out from the graph (as Triton does), and check the rest."""
     name = cfg.name
-    if not max_batch_size_written and cfg.max_batch_size == 0 and default_max_batch_size > 0 and \
-            _graph_batches(graph_inputs + graph_outputs):
-        cfg.max_batch_size = default_max_batch_size
+    if cfg.max_batch_size == MAX_BATCH_SIZE_UNSET:
+        batches = default_max_batch_size > 0 and _graph_batches(graph_inputs + graph_outputs)
+        cfg.max_batch_size = default_max_batch_size if batches else 0
     mbs = cfg.max_batch_size
     if not cfg.platform and not cfg.backend:
         cfg.platform = "onnxruntime_onnx"

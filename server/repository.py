@@ -6,24 +6,25 @@ version has its own ORT session; a request without a version gets the highest lo
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import json_format
-
 from tensorwire import proto as pb
-from tensorwire.errors import InvalidArgument, ModelLoadError, NotFound, RequestError, Unavailable
+from tensorwire.errors import ModelLoadError, NotFound, RequestError, Unavailable
+from tensorwire.server.limits import check_config_limits, check_model_name, contained, shown, valid_model_name
+from tensorwire.server.loader import load_model_version
+from tensorwire.server.model import Model
 from tensorwire.server.model_config import (
     CONFIG_FILE,
+    DEFAULT_MODEL_FILENAME,
     check_supported,
+    config_from_json,
     read_model_config,
     version_dirs,
     versions_to_load,
 )
-from tensorwire.server.onnx_model import LoadedModel, load_model_version
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.repository")
@@ -36,12 +37,12 @@ class ModelEntry:
     name: str
     state: str = UNLOADED
     reason: str = ""
-    versions: dict[str, LoadedModel] = field(default_factory=dict)
+    versions: dict[str, Model] = field(default_factory=dict)
     # (versions dict, its newest model): ``versions`` is replaced, never changed in place, so the
     # newest is found once per load instead of once per request.
     _latest: tuple = (None, None)
 
-    def latest(self) -> LoadedModel:
+    def latest(self) -> Model:
         versions, model = self._latest
         if versions is not self.versions:
             versions = self.versions
@@ -50,21 +51,19 @@ class ModelEntry:
         return model
 
 
+def _load_error(name: str, exc: BaseException) -> RequestError:
+    """What a client is told of a failed load: our own errors as they are; anything else by its kind only
+    (an OSError's text holds host paths), with the whole of it in the server's log."""
+    if isinstance(exc, RequestError):
+        return exc
+    log.error("model '%s': unexpected load failure", name, exc_info=exc)
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    return ModelLoadError(f"model '{name}': cannot load: {detail}")
+
+
 def _config(name: str, model_dir: Path, config_json: str | None):
-    """(config, max_batch_size_written): from the load request's JSON when it gives one, else the directory's."""
-    if config_json is None:
-        return read_model_config(model_dir)
-    cfg = pb.ModelConfig()
-    try:
-        fields = json.loads(config_json)
-        json_format.Parse(config_json, cfg)
-    except (ValueError, json_format.ParseError) as exc:
-        raise InvalidArgument(f"model '{name}': the 'config' parameter is not a ModelConfig: {exc}") from None
-    if cfg.name and cfg.name != name:
-        raise InvalidArgument(f"model '{name}': the 'config' parameter names the model '{cfg.name}'; they must match")
-    cfg.name = name
-    written = isinstance(fields, dict) and ("max_batch_size" in fields or "maxBatchSize" in fields)
-    return cfg, written
+    """The load request's JSON config when it gives one, else the directory's config.pbtxt."""
+    return read_model_config(model_dir) if config_json is None else config_from_json(name, config_json)
 
 
 class ModelRepository:
@@ -79,61 +78,56 @@ class ModelRepository:
 
     # -- discovery -------------------------------------------------------------------------
     def holds(self, name: str) -> bool:
-        """Whether ``name`` is a model directory of this repository (never a path outside it)."""
-        return "/" not in name and "\\" not in name and name not in ("", ".", "..") and (self.root / name).is_dir()
+        """Whether ``name`` (a checked model name) is a model directory of this repository."""
+        return (self.root / name).is_dir()
 
     def model_names(self) -> list[str]:
         """Directories of the repository that hold a model (a config or a version directory)."""
         names = []
         for p in sorted(self.root.iterdir()):
-            if p.is_dir() and not p.name.startswith(".") and (
+            if p.is_dir() and valid_model_name(p.name) and (
                 (p / CONFIG_FILE).exists() or any(c.is_dir() and c.name.isdigit() for c in p.iterdir())
             ):
                 names.append(p.name)
         return names
 
+    def startup_models(self) -> list[str]:
+        """What loads at start: every model in mode none; the --load-model ones (``*``: all) in explicit mode."""
+        s = self.settings
+        if s.model_control_mode != "explicit" or "*" in s.load_models:
+            return self.model_names()
+        return list(dict.fromkeys(s.load_models))
+
     def load_all(self) -> None:
-        """Load the models asked for at startup (all of them by default); failures are kept as states."""
-        names = self.settings.load_models or self.model_names()
-        for name in names:
+        """Load the models asked for at startup; failures are kept as states (and in ``startup_failures``)."""
+        for name in self.startup_models():
             try:
                 self.load(name)
             except RequestError as exc:
                 self.startup_failures.append(name)
-                log.error("model '%s' failed to load: %s", name, exc)
+                log.error("model %s failed to load: %s", shown(name), exc)
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self, name: str, config_json: str | None = None) -> ModelEntry:
-        """Load (or reload) every version of ``name`` the version policy selects."""
-        model_dir = self.root / name
+        """Load (or reload) every version of ``name`` the version policy selects.
+
+        ``config_json`` is RepositoryModelLoad's ``config`` override. The config, from the request or the
+        directory, is checked first (the server's bounds; an override's model file must resolve inside each
+        version directory): a config refused there leaves the model as it was.
+        """
+        check_model_name(name)
         if not self.holds(name):
-            raise NotFound(f"model '{name}' is not in the repository {self.root}")
+            raise NotFound(f"model '{name}' is not in the model repository")
+        cfg, versions = self._checked_config(name, config_json)
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(name))
             if entry.state != READY:  # a reload keeps serving the old versions until the new ones are up
                 entry.state, entry.reason = LOADING, ""
         try:
-            cfg, mbs_written = _config(name, model_dir, config_json)
-            check_supported(cfg)
-            available = version_dirs(model_dir)
-            if not available:
-                raise ModelLoadError(f"model '{name}' has no version directory (e.g. {model_dir}/1/model.onnx)")
-            loaded: dict[str, LoadedModel] = {}
-            for v in versions_to_load(cfg, available):
-                per_version = pb.ModelConfig()
-                per_version.CopyFrom(cfg)
-                loaded[str(v)] = load_model_version(model_dir, v, per_version, self.settings, mbs_written)
+            loaded = self._load_versions(name, cfg, versions)
         except Exception as exc:  # whatever it was, the model gets a state with its reason
-            error = exc if isinstance(exc, RequestError) else ModelLoadError(
-                f"model '{name}': cannot load {model_dir}: {type(exc).__name__}: {exc}")
-            with self._lock:
-                old, entry.versions = entry.versions, {}
-                entry.state, entry.reason = UNAVAILABLE, str(error)
-            for model in old.values():
-                model.close()
-            if error is exc:
-                raise
-            raise error from exc
+            self._failed(entry, exc)
+            raise _load_error(name, exc) from exc
         with self._lock:
             old = entry.versions
             entry.versions, entry.state, entry.reason = loaded, READY, ""
@@ -144,12 +138,53 @@ class ModelRepository:
         log.info("model '%s' ready, versions %s", name, ", ".join(loaded))
         return entry
 
+    def _checked_config(self, name: str, config_json: str | None) -> tuple[object, list[int]]:
+        """(config, versions to load), or the refusal: bounds, supported fields, contained model files."""
+        model_dir = self.root / name
+        try:
+            cfg = _config(name, model_dir, config_json)
+            check_supported(cfg)
+            check_config_limits(cfg, self.settings)
+            available = version_dirs(model_dir)
+            if not available:
+                raise ModelLoadError(f"model '{name}' has no version directory (e.g. {name}/1/model.onnx)")
+            versions = versions_to_load(cfg, available)
+            if config_json is not None:
+                for v in versions:
+                    contained(model_dir / str(v), cfg.default_model_filename or DEFAULT_MODEL_FILENAME, name)
+        except Exception as exc:
+            if config_json is None:  # the repository's own config: the model keeps the reason as its state
+                self._failed(self._models.setdefault(name, ModelEntry(name)), exc)
+            raise _load_error(name, exc) from exc
+        return cfg, versions
+
+    def _load_versions(self, name: str, cfg, versions: list[int]) -> dict[str, Model]:
+        loaded: dict[str, Model] = {}
+        try:
+            for v in versions:
+                per_version = pb.ModelConfig()
+                per_version.CopyFrom(cfg)
+                loaded[str(v)] = load_model_version(self.root / name, v, per_version, self.settings)
+        except BaseException:
+            for model in loaded.values():
+                model.close()
+            raise
+        return loaded
+
+    def _failed(self, entry: ModelEntry, exc: BaseException) -> None:
+        with self._lock:
+            old, entry.versions = entry.versions, {}
+            entry.state, entry.reason = UNAVAILABLE, str(_load_error(entry.name, exc))
+        for model in old.values():
+            model.close()
+
     def unload(self, name: str) -> None:
         with self._lock:
             entry = self._models.get(name)
             if entry is None or entry.state == UNLOADED:
+                check_model_name(name)
                 if not self.holds(name):
-                    raise NotFound(f"model '{name}' is not in the repository {self.root}")
+                    raise NotFound(f"model '{name}' is not in the model repository")
                 return
             old = entry.versions
             entry.versions, entry.state, entry.reason = {}, UNLOADED, "unloaded by request"
@@ -160,15 +195,15 @@ class ModelRepository:
         log.info("model '%s' unloaded", name)
 
     # -- lookup ----------------------------------------------------------------------------
-    def get(self, name: str, version: str = "") -> LoadedModel:
+    def get(self, name: str, version: str = "") -> Model:
         """The loaded version asked for; NOT_FOUND for unknown ones, UNAVAILABLE for models not ready."""
         with self._lock:
             entry = self._models.get(name)
-            known = None if entry else ", ".join(n for n, e in self._models.items() if e.state == READY) or "none"
-        if entry is None:  # the file system is read outside the lock every request takes
+        if entry is None:  # the name is checked, and the file system read, outside the lock every request takes
+            check_model_name(name)
             if self.holds(name):
                 raise Unavailable(f"model '{name}' is in the repository but not loaded")
-            raise NotFound(f"unknown model '{name}'; loaded models: {known}")
+            raise NotFound(f"unknown model '{name}'")
         with self._lock:
             if entry.state != READY:
                 detail = f": {entry.reason}" if entry.reason else ""
@@ -194,7 +229,7 @@ class ModelRepository:
         for m in models:
             m.close()
 
-    def loaded(self) -> list[LoadedModel]:
+    def loaded(self) -> list[Model]:
         with self._lock:
             return [m for e in self._models.values() for m in e.versions.values()]
 

@@ -20,31 +20,47 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from tensorwire.errors import DeadlineExceeded, Internal, RequestError, ResourceExhausted, Unavailable
+from tensorwire.server.session import Runner
+from tensorwire.server.settings import ServerSettings
 from tensorwire.server.statistics import ModelStatistics, RequestTimes
 from tensorwire.server.validation import PreparedRequest
 
+if TYPE_CHECKING:
+    from tensorwire.server.model import Call
+    from tensorwire.server.model_config import ModelSpec
+
 log = logging.getLogger("tensorwire.scheduler")
 
-Runner = Callable[[dict, list], list]  # (feeds, output_names) -> output arrays
 
-
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Execution:
-    """What a scheduler hands back for one request."""
+    """What a scheduler hands back for one request: its outputs and the time each phase took for it."""
 
     outputs: list[np.ndarray]
-    times: RequestTimes
     batch_size: int  # rows of the batch the request ran in
+    queue_ns: int = 0  # waiting for an instance (or in the batcher's queue)
+    input_ns: int = 0  # gathering the batch's inputs
+    infer_ns: int = 0  # the instance running
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else deadline - time.monotonic()
+class Scheduler(Protocol):
+    """How a request reaches an instance.
+
+    The one rule for the handler thread's scratch buffers (server/scratch.py): a request's feeds may live
+    in the calling thread's scratch, so ``execute`` must not return while an instance may still read them,
+    even when it raises (a deadline that passes while the request's batch runs waits for that batch).
+    The deadline is checked here, and only here: right before an instance starts on the request.
+    """
+
+    def execute(self, prep: PreparedRequest, call: Call) -> Execution: ...
+
+    def close(self) -> None: ...
 
 
 def _expired(model: str) -> DeadlineExceeded:
@@ -63,27 +79,22 @@ class DirectScheduler:
         for runner in runners:
             self._free.put(runner)
 
-    def execute(self, prep: PreparedRequest, deadline: float | None = None,
-                is_active: Callable[[], bool] | None = None) -> Execution:
+    def execute(self, prep: PreparedRequest, call: Call) -> Execution:
         t0 = time.perf_counter_ns()
         try:
-            if deadline is None:
-                runner = self._free.get()
-            else:
-                runner = self._free.get(timeout=max(deadline - time.monotonic(), 0.0))
+            runner = self._free.get(timeout=call.remaining())
         except queue.Empty:
             raise _expired(self.name) from None
         try:
             t1 = time.perf_counter_ns()
-            if deadline is not None and time.monotonic() >= deadline:
+            if call.expired():
                 raise _expired(self.name)
             outputs = runner(prep.feeds, prep.output_names)
             t2 = time.perf_counter_ns()
         finally:
             self._free.put(runner)
-        times = RequestTimes(queue_ns=t1 - t0, compute_infer_ns=t2 - t1)
-        self.stats.record_execution(prep.batch_size, times)
-        return Execution(outputs, times, prep.batch_size)
+        self.stats.record_execution(prep.batch_size, RequestTimes(compute_infer_ns=t2 - t1))
+        return Execution(outputs, prep.batch_size, queue_ns=t1 - t0, infer_ns=t2 - t1)
 
     def close(self) -> None:
         pass
@@ -94,8 +105,7 @@ class _Pending:
     prep: PreparedRequest
     key: tuple
     rows: int
-    deadline: float | None
-    is_active: Callable[[], bool] | None
+    call: Call
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
     done: threading.Event = field(default_factory=threading.Event)
     abandoned: bool = False
@@ -160,9 +170,8 @@ class DynamicBatcher:
             t.start()
 
     # -- request side ------------------------------------------------------------------------
-    def execute(self, prep: PreparedRequest, deadline: float | None = None,
-                is_active: Callable[[], bool] | None = None) -> Execution:
-        item = _Pending(prep, batch_key(prep), max(prep.batch_size, 1), deadline, is_active)
+    def execute(self, prep: PreparedRequest, call: Call) -> Execution:
+        item = _Pending(prep, batch_key(prep), max(prep.batch_size, 1), call)
         runner = None
         with self._cond:
             if self._stopped:
@@ -178,15 +187,12 @@ class DynamicBatcher:
                 self._cond.notify_all()
         if runner is not None:
             self._form_and_run(runner)
-        remaining = _remaining(deadline)
-        if not item.done.wait(None if remaining is None else max(remaining, 0.0)):
+        if not item.done.wait(call.remaining()):
             with self._cond:
                 running = item.taken
                 if not running:  # still queued: whoever forms the next batch skips it
                     item.abandoned = True
-            if running:
-                # Its inputs may live in this thread's scratch buffer (server/scratch.py): the batch that
-                # reads them must finish before this thread serves another request.
+            if running:  # its feeds may be in this thread's scratch (Scheduler's rule): wait for the batch
                 item.done.wait()
             raise _expired(self.name)
         if item.error is not None:
@@ -200,9 +206,9 @@ class DynamicBatcher:
         now = time.monotonic()
         keep: deque[_Pending] = deque()
         for it in self._queue:
-            if it.abandoned or (it.is_active is not None and not it.is_active()):
+            if it.abandoned or (it.call.is_active is not None and not it.call.is_active()):
                 it.finish(error=DeadlineExceeded("request cancelled or timed out while queued"))
-            elif it.deadline is not None and now >= it.deadline:
+            elif it.call.deadline is not None and now >= it.call.deadline:
                 it.finish(error=_expired(self.name))
             else:
                 keep.append(it)
@@ -285,9 +291,8 @@ class DynamicBatcher:
         for it in batch:
             part = [o[offset:offset + it.rows] for o in outputs] if len(batch) > 1 else list(outputs)
             offset += it.rows
-            times = RequestTimes(queue_ns=start - it.enqueued_ns, compute_input_ns=t_in - start,
-                                 compute_infer_ns=t_run - t_in)
-            it.finish(Execution(part, times, total))
+            it.finish(Execution(part, total, queue_ns=start - it.enqueued_ns, input_ns=t_in - start,
+                                infer_ns=t_run - t_in))
         self.stats.record_execution(total, RequestTimes(compute_input_ns=t_in - start, compute_infer_ns=t_run - t_in))
 
     def close(self) -> None:
@@ -297,3 +302,18 @@ class DynamicBatcher:
             self._cond.notify_all()
         for it in pending:
             it.finish(error=Unavailable(f"model '{self.name}' was unloaded while the request waited"))
+
+
+def make_scheduler(spec: ModelSpec, runners: list[Runner], stats: ModelStatistics,
+                   settings: ServerSettings) -> DirectScheduler | DynamicBatcher:
+    """A dynamic batcher when the config asks for one and the model batches; else the direct scheduler."""
+    cfg = spec.config
+    if cfg.WhichOneof("scheduling_choice") == "dynamic_batching" and spec.max_batch_size > 0:
+        db = cfg.dynamic_batching
+        return DynamicBatcher(
+            spec.name, runners, stats, spec.max_batch_size, list(db.preferred_batch_size),
+            db.max_queue_delay_microseconds,
+            db.default_queue_policy.max_queue_size or settings.max_queue_size,
+            eager=cfg.optimization.eager_batching,
+        )
+    return DirectScheduler(spec.name, runners, stats)

@@ -1,64 +1,184 @@
-"""Server settings: one dataclass, filled from CLI flags (``tensorwire serve``) or by code."""
+"""Server settings: one dataclass, the single source of every `tensorwire serve` flag and its default.
+
+Each field that the command line sets carries a :class:`Flag` in its metadata (its help text and how a
+string becomes the value); ``tensorwire.server.flags`` builds the parser from these fields and the
+settings back from parsed arguments, so a default is written once, here, and ``--help`` shows it.
+Code (tests, benchmarks, the demo) constructs ``ServerSettings`` directly with the same defaults.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-# A batch of 64 images of 3x224x224 FP32 is 38.5 MB; 64 MiB leaves room for the envelope.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+from tensorwire.fastpath import CODEC_CHOICES
+
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a setting appears on the command line.
+
+    ``parse`` turns the flag's text into the value (default: the field's type); ``negate`` names the flag
+    that turns a True boolean off; ``repeat`` makes a list setting take one item per use of the flag;
+    ``shown`` is how the default reads in ``--help`` when ``str(default)`` would mislead; ``optional_bool``
+    lets a boolean take Triton's ``--flag=true|false`` form as well as the bare ``--flag``.
+    """
+
+    help: str
+    name: str = ""
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None
+    negate: str = ""
+    repeat: bool = False
+    choices: tuple = ()
+    shown: str = ""
+    aliases: tuple[str, ...] = ()
+    optional_bool: bool = False
+
+
+def setting(default: Any = None, *, factory: Callable[[], Any] | None = None, **flag: Any) -> Any:
+    """A dataclass field with its command-line description (no ``flag`` keywords: not a flag)."""
+    metadata = {"flag": Flag(**flag)} if flag else {}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def parse_bool(text: str) -> bool:
+    """Triton's boolean flag values: true/false, 1/0, yes/no, on/off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _cpu_list(text: str) -> list[int]:
+    from tensorwire.server.affinity import parse_cpu_list
+
+    return parse_cpu_list(text) if text else []
+
+
+def _trt_cache_default() -> Path:
+    return Path(os.environ.get("TENSORWIRE_TRT_CACHE", "") or Path.home() / ".cache" / "tensorwire" / "trt")
 
 
 @dataclass
 class ServerSettings:
-    model_repository: Path
-    host: str = "0.0.0.0"
-    grpc_port: int = 8001
-    # Written with the bound port once listening (useful with grpc_port=0).
-    port_file: Path | None = None
-    max_receive_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_send_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    # Threads that run RPC handlers. A request waiting in a batcher queue holds one, so this bounds
-    # the requests that can be queued at once; ONNX Runtime releases the GIL while it computes.
-    handler_threads: int = 64
-    # Requests a dynamic batcher queues before answering RESOURCE_EXHAUSTED, unless the model's
-    # dynamic_batching.default_queue_policy.max_queue_size says otherwise.
-    max_queue_size: int = 1024
-    # RPCs admitted at once; beyond that the server answers RESOURCE_EXHAUSTED.
-    max_concurrent_rpcs: int = 1024
-    # "auto" (extension if built), "ext" or "twin"; empty: TENSORWIRE_FASTPATH, else auto (tensorwire.fastpath).
-    fastpath: str = ""
-    # Only these models at startup (empty: every model in the repository).
-    load_models: list[str] = field(default_factory=list)
-    # Execution providers to try, in order, overriding each model's config ("tensorrt,cuda,cpu").
-    providers: list[str] = field(default_factory=list)
-    # ORT threads per session; 0 lets ONNX Runtime choose (one per core).
-    intra_op_threads: int = 0
+    # -- where and how it listens -------------------------------------------------------------------------
+    model_repository: Path = setting(
+        Path("model_repository"), help="Triton-layout model repository to serve", metavar="DIR", parse=Path)
+    host: str = setting(
+        "0.0.0.0", help="address to listen on; 0.0.0.0 is every interface, as containers need (docs/security.md)")
+    grpc_port: int = setting(8001, help="gRPC port; 0 picks a free one (see --port-file)")
+    port_file: Path | None = setting(
+        None, help="write the bound port to this file once listening", metavar="FILE", parse=Path, shown="none")
+    workers: int = setting(
+        1, help="server processes sharing the port via SO_REUSEPORT, each with its own sessions")
+    # -- model control (docs/security.md) -----------------------------------------------------------------
+    model_control_mode: str = setting(
+        "none", choices=MODEL_CONTROL_MODES,
+        help="none: every model loads at start, load/unload RPCs are refused; explicit: only --load-model "
+        "models load at start and load/unload RPCs work; poll: not available yet")
+    load_models: list[str] = setting(
+        factory=list, name="--load-model", metavar="NAME", repeat=True, shown="none",
+        help="with --model-control-mode explicit: load this model at start (repeatable; * for all)")
+    exit_on_error: bool = setting(
+        True, negate="--no-exit-on-error",
+        help="exit when a model fails to load at start in mode none (Triton's --exit-on-error); off: serve the others")
+    strict_readiness: bool = setting(
+        True, negate="--no-strict-readiness",
+        help="ServerReady is false while a model asked for at start is not loaded")
+    # -- TLS and restricted APIs (docs/security.md) -------------------------------------------------------
+    grpc_use_ssl: bool = setting(
+        False, optional_bool=True, help="serve gRPC over TLS (needs --grpc-server-cert and --grpc-server-key)")
+    grpc_use_ssl_mutual: bool = setting(
+        False, optional_bool=True,
+        help="mutual TLS: clients must present a certificate signed by --grpc-root-cert (implies TLS)")
+    grpc_server_cert: Path | None = setting(
+        None, parse=Path, metavar="FILE", shown="none", help="PEM certificate chain of the server")
+    grpc_server_key: Path | None = setting(
+        None, parse=Path, metavar="FILE", shown="none", help="PEM private key of the server")
+    grpc_root_cert: Path | None = setting(
+        None, parse=Path, metavar="FILE", shown="none",
+        help="PEM root certificate(s) that client certificates must chain to")
+    grpc_restricted_protocol: list[str] = setting(
+        factory=list, repeat=True, metavar="PROTOCOLS:KEY=VALUE", shown="none",
+        help="calls in these categories (comma-separated: health, metadata, inference, shared-memory, model-config, "
+        "model-repository, statistics, trace, logging) must carry the header triton-grpc-protocol-KEY: VALUE "
+        "(repeatable; a category in one group at most)")
+    # -- limits on what a model config may ask for, from disk or over RPC (docs/security.md) -------------
+    limit_instance_count: int = setting(
+        64, help="most instances (ORT sessions) one model version may ask for in instance_group")
+    limit_thread_count: int = setting(
+        256, help="most intra-op or inter-op threads a config parameter may ask for")
+    limit_max_batch_size: int = setting(4096, help="largest max_batch_size (and preferred_batch_size) a config may set")
+    limit_queue_delay_us: int = setting(
+        10_000_000, help="largest dynamic_batching.max_queue_delay_microseconds a config may set")
+    limit_queue_size: int = setting(
+        65_536, help="largest dynamic_batching default_queue_policy.max_queue_size a config may set")
+    limit_warmup_mb: float = setting(
+        256.0, help="largest total size, in MiB, of the model_warmup inputs a config may describe")
+    # -- requests and threads ------------------------------------------------------------------------------
+    max_message_mb: float = setting(
+        64.0, help="largest request and response in MiB (the default fits a batch of 64 3x224x224 FP32 images)")
+    handler_threads: int = setting(
+        64, help="threads running RPC handlers; a request waiting in a batcher queue holds one")
+    max_concurrent_rpcs: int = setting(1024, help="RPCs admitted at once; more are answered RESOURCE_EXHAUSTED")
+    max_queue_size: int = setting(
+        1024, help="requests a dynamic batcher queues before RESOURCE_EXHAUSTED, unless the model's config sets "
+        "dynamic_batching.default_queue_policy.max_queue_size")
+    fastpath: str = setting(
+        "", choices=CODEC_CHOICES, shown="auto, or TENSORWIRE_FASTPATH",
+        help="wire codec: the Cython extension (ext), its pure-Python twin, or auto (the extension when built)")
+    default_max_batch_size: int = setting(
+        4, help="max_batch_size for models without one in config.pbtxt whose graph has a dynamic batch dim")
+    # -- ONNX Runtime --------------------------------------------------------------------------------------
+    providers: list[str] = setting(
+        factory=list, parse=_comma_list, metavar="LIST",
+        shown="each model's config, else tensorrt,cuda,cpu as available",
+        help="execution providers to try, in order, overriding the model configs (e.g. tensorrt,cuda,cpu)")
+    intra_op_threads: int = setting(
+        0, help="ORT intra-op threads per session (0: cores / instances / workers, or 1 for a small model timed "
+        "faster on one at load)")
+    inter_op_threads: int = setting(0, help="ORT inter-op threads per session (0: ONNX Runtime's choice)")
+    intra_op_spinning: bool = setting(
+        True, negate="--no-intra-op-spinning",
+        help="ORT's intra-op threads spin-wait between runs; off: they sleep, freeing cores for gRPC")
+    trt_cache_dir: Path = setting(
+        factory=_trt_cache_default, parse=Path, metavar="DIR", shown="TENSORWIRE_TRT_CACHE or ~/.cache/tensorwire/trt",
+        help="where TensorRT keeps its engine cache")
+    # -- the process ---------------------------------------------------------------------------------------
+    cpu_affinity: list[int] = setting(
+        factory=list, parse=_cpu_list, metavar="CPUS", shown="no pinning",
+        help="pin the server to these CPUs, e.g. 1 or 0,2-3 (with --workers, each worker gets its own slice)")
+    malloc_tuning: bool = setting(
+        True, negate="--no-malloc-tuning",
+        help="raise glibc malloc's mmap/trim thresholds so large requests reuse memory instead of page-faulting it in")
+    shutdown_grace_s: float = setting(
+        10.0, name="--shutdown-grace", metavar="SECONDS", help="seconds in-flight requests get after SIGTERM/SIGINT")
+    log_level: str = setting("INFO", help="log level: DEBUG, INFO, WARNING, ERROR")
+    # -- not flags: set by the worker supervisor --------------------------------------------------------
     # Cores this process's sessions share when the count is not set (0: its affinity mask). Worker
     # processes that share their CPUs get their part here, which leaves the load-time choice open.
     session_cpus: int = 0
-    inter_op_threads: int = 0
-    # Whether ORT's intra-op threads spin-wait for work after a run. Spinning lowers ORT's own latency
-    # but burns the cores gRPC needs to send the answer; see bench/fastpath_e2e.py for the trade.
-    intra_op_spinning: bool = True
-    # Raise glibc malloc's mmap/trim thresholds so large request buffers are reused, not page-faulted
-    # in on every request (tensorwire.server.allocator).
-    malloc_tuning: bool = True
-    # CPUs the server process is pinned to (empty: whatever the OS allows); with workers, each worker
-    # gets its own slice when there are enough (tensorwire.server.affinity).
-    cpu_affinity: list[int] = field(default_factory=list)
-    # max_batch_size given to models whose config does not set one but whose graph can batch.
-    default_max_batch_size: int = 4
-    # ServerReady is false while any model that was asked for at startup failed to load.
-    strict_readiness: bool = True
-    # Seconds in-flight RPCs get to finish after SIGTERM/SIGINT.
-    shutdown_grace_s: float = 10.0
-    # Where TensorRT keeps its engine cache.
-    trt_cache_dir: Path = field(default_factory=lambda: Path(os.environ.get("TENSORWIRE_TRT_CACHE", "")
-                                                             or Path.home() / ".cache" / "tensorwire" / "trt"))
-    log_level: str = "INFO"
-    # Server processes sharing the port (SO_REUSEPORT); see tensorwire.server.workers.
-    workers: int = 1
     # Set on worker processes: bind the port with SO_REUSEPORT alongside the other workers.
     reuse_port: bool = False
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb * 2**20)
+
+    @property
+    def tls(self) -> bool:
+        return self.grpc_use_ssl or self.grpc_use_ssl_mutual

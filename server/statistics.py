@@ -30,9 +30,9 @@ class _BatchStats:
     compute_output: _Duration = field(default_factory=_Duration)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class RequestTimes:
-    """Nanosecond timings of one request's phases."""
+    """Nanosecond timings of one request's phases (made once, by the model that served it)."""
 
     queue_ns: int = 0
     compute_input_ns: int = 0

@@ -9,6 +9,7 @@ from tensorwire.bench.processes import ServerProcess, tensorwire_server
 __all__ = ["ServerProcess", "start_server"]
 
 
-def start_server(repository: Path, *extra_args: str, env: dict | None = None, check_exit: bool = True):
-    """`tensorwire serve` on 127.0.0.1:<free port>; on exit it is SIGTERMed and must exit 0."""
-    return tensorwire_server(repository, *extra_args, env=env, check_exit=check_exit)
+def start_server(repository: Path, *extra_args: str, env: dict | None = None, check_exit: bool = True, **kw):
+    """`tensorwire serve` on 127.0.0.1:<free port>; on exit it is SIGTERMed and must exit 0. ``kw``: the
+    launcher's ``tls`` and ``headers``, for servers that want them."""
+    return tensorwire_server(repository, *extra_args, env=env, check_exit=check_exit, **kw)

@@ -20,6 +20,8 @@ from onnx import TensorProto, helper
 from serving import start_server
 from tritonclient.utils import InferenceServerException
 
+EXPLICIT = ("--model-control-mode", "explicit")
+
 
 def _add_sub_inputs(value: float = 1.0):
     a = np.full((1, 16), value, np.float32)
@@ -33,7 +35,7 @@ def test_repository_index_load_unload(tmp_path):
     repo = tmp_path / "models"
     write_model(repo, "add_sub", add_sub_model(), ADD_SUB_CONFIG)
     write_model(repo, "ident", identity_model(TensorProto.FLOAT))
-    with start_server(repo, "--load-model", "add_sub") as s:
+    with start_server(repo, *EXPLICIT, "--load-model", "add_sub") as s:
         c = grpcclient.InferenceServerClient(s.address)
         index = {m["name"]: m for m in c.get_model_repository_index(as_json=True)["models"]}
         assert index["add_sub"]["state"] == "READY" and index["add_sub"]["version"] == "1"
@@ -56,17 +58,20 @@ def test_repository_index_load_unload(tmp_path):
         c.load_model("add_sub")
         out = c.infer("add_sub", _add_sub_inputs(2.0)).as_numpy("OUTPUT0")
         assert out[0, 0] == 4.0
-        for name in ("not_there", "../models", ".."):  # nothing outside the repository is reachable
+        with pytest.raises(InferenceServerException) as err:
+            c.load_model("not_there")
+        assert err.value.status() == "StatusCode.NOT_FOUND"
+        for name in ("../models", "..", "/etc", "a/b"):  # not a model name: refused before any file is looked at
             with pytest.raises(InferenceServerException) as err:
                 c.load_model(name)
-            assert err.value.status() == "StatusCode.NOT_FOUND", name
+            assert err.value.status() == "StatusCode.INVALID_ARGUMENT", name
 
 
 def test_load_with_config_override(tmp_path):
     """tritonclient's load_model(config=...) sends a ModelConfig as JSON; it replaces config.pbtxt."""
     repo = tmp_path / "models"
     write_model(repo, "add_sub", add_sub_model(), ADD_SUB_CONFIG)
-    with start_server(repo) as s:
+    with start_server(repo, *EXPLICIT, "--load-model", "*") as s:
         c = grpcclient.InferenceServerClient(s.address)
         c.load_model("add_sub", config=json.dumps({"max_batch_size": 2}))
         assert c.get_model_config("add_sub", as_json=True)["config"]["max_batch_size"] == 2
@@ -78,29 +83,49 @@ def test_load_with_config_override(tmp_path):
         assert "batch size 3 exceeds the model's max_batch_size 2" in err.value.message()
 
 
-def test_broken_model_is_unavailable_with_reason(tmp_path):
-    repo = tmp_path / "models"
+def _broken_repository(repo):
     write_model(repo, "add_sub", add_sub_model(), ADD_SUB_CONFIG)
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
     wrong = ADD_SUB_CONFIG.replace('name: "add_sub"', 'name: "wrong_type"').replace(
         "INPUT1\" data_type: TYPE_FP32", "INPUT1\" data_type: TYPE_INT64")
     write_model(repo, "wrong_type", add_sub_model(), wrong)
-    with start_server(repo) as s:
+    return repo
+
+
+def test_broken_model_is_unavailable_with_reason(tmp_path):
+    repo = _broken_repository(tmp_path / "models")
+    with start_server(repo, *EXPLICIT, "--load-model", "*") as s:
         c = grpcclient.InferenceServerClient(s.address)
         assert c.is_server_live()
         assert not c.is_server_ready()  # strict readiness: a model asked for at startup failed
         index = {m["name"]: m for m in c.get_model_repository_index(as_json=True)["models"]}
         assert index["broken"]["state"] == "UNAVAILABLE"
         assert "ONNX Runtime cannot load" in index["broken"]["reason"]
+        assert str(tmp_path) not in index["broken"]["reason"]  # no host path reaches a client
         assert index["wrong_type"]["state"] == "UNAVAILABLE"
         assert "'INPUT1' has data_type TYPE_INT64 but the ONNX graph has TYPE_FP32" in index["wrong_type"]["reason"]
         assert c.infer("add_sub", _add_sub_inputs()).as_numpy("OUTPUT0")[0, 0] == 2.0
         c.unload_model("broken")
         c.unload_model("wrong_type")
         assert c.is_server_ready()
-    with start_server(repo, "--no-strict-readiness") as s:
+    with start_server(repo, *EXPLICIT, "--load-model", "*", "--no-strict-readiness") as s:
         assert grpcclient.InferenceServerClient(s.address).is_server_ready()
+
+
+def test_mode_none_exits_when_a_model_fails_at_start(tmp_path):
+    """In the default mode nothing can load a model later, so a failure at start is fatal (Triton's
+    --exit-on-error), said on stderr; --no-exit-on-error serves the others, not ready while strict."""
+    repo = _broken_repository(tmp_path / "models")
+    out = subprocess.run([sys.executable, "-m", "tensorwire", "serve", "--model-repository", str(repo),
+                          "--grpc-port", "0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "model(s) broken, wrong_type failed to load at start" in out.stderr
+    assert "--no-exit-on-error" in out.stderr
+    with start_server(repo, "--no-exit-on-error") as s:
+        c = grpcclient.InferenceServerClient(s.address)
+        assert not c.is_server_ready()
+        assert c.infer("add_sub", _add_sub_inputs()).as_numpy("OUTPUT0")[0, 0] == 2.0
 
 
 def _slow_model() -> onnx.ModelProto:

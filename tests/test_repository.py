@@ -10,6 +10,7 @@ import pytest
 from models import VERSIONED_CONFIG, add_sub_model, write_model
 
 from tensorwire.errors import InvalidArgument, ModelLoadError
+from tensorwire.proto.messages import InferRequest, InputTensor, RequestedOutput
 from tensorwire.server.repository import READY, UNAVAILABLE, ModelRepository
 from tensorwire.server.settings import ServerSettings
 
@@ -20,8 +21,10 @@ def _repository(root) -> ModelRepository:
 
 def _add(model, offset: float) -> float:
     """OUTPUT0 of the add_sub model for zeros: its offset, i.e. which version answered."""
-    x = np.zeros((1, 16), np.float32)
-    return float(model.sessions[0].run(["OUTPUT0"], {"INPUT0": x, "INPUT1": x})[0][0, 0])
+    x = np.zeros((1, 16), np.float32).tobytes()
+    request = InferRequest(inputs=[InputTensor("INPUT0", "FP32", (1, 16)), InputTensor("INPUT1", "FP32", (1, 16))],
+                           outputs=[RequestedOutput("OUTPUT0")], raw_input_contents=[x, x])
+    return float(model.infer(request).outputs[0].data[0, 0])
 
 
 def test_a_load_failing_outside_our_checks_leaves_a_state_with_the_reason(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tensorwire.errors import DeadlineExceeded
+from tensorwire.server.model import ANY_CALLER, Call
 from tensorwire.server.scheduler import DirectScheduler, DynamicBatcher
 from tensorwire.server.statistics import ModelStatistics
 from tensorwire.server.validation import PreparedRequest
@@ -30,11 +31,11 @@ def test_expired_request_in_a_running_batch_waits_for_the_batch():
 
     batcher = DynamicBatcher("m", [runner], ModelStatistics(), 8, [], 0, 16)
     try:
-        first = threading.Thread(target=lambda: batcher.execute(_prep(1.0)))
+        first = threading.Thread(target=lambda: batcher.execute(_prep(1.0), ANY_CALLER))
         first.start()  # leads: runs for 0.5 s on its own thread
         time.sleep(0.1)
         with pytest.raises(DeadlineExceeded):  # queued, then taken at ~0.5 s, runs until ~1.0 s
-            batcher.execute(_prep(2.0), deadline=time.monotonic() + 0.7)
+            batcher.execute(_prep(2.0), Call(deadline=time.monotonic() + 0.7))
         raised = time.monotonic()
         first.join()
         assert len(finished) == 2 and raised >= finished[1]
@@ -47,7 +48,7 @@ def test_results_go_back_to_their_callers():
     out: dict[int, np.ndarray] = {}
 
     def call(i: int) -> None:
-        out[i] = batcher.execute(_prep(float(i))).outputs[0]
+        out[i] = batcher.execute(_prep(float(i)), ANY_CALLER).outputs[0]
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
     try:
@@ -75,14 +76,14 @@ def test_direct_scheduler_deadlines_and_instances_go_back():
         return [feeds["x"] * 2]
 
     sched = DirectScheduler("m", [runner], ModelStatistics())
-    holder = threading.Thread(target=lambda: sched.execute(_prep(1.0)))
+    holder = threading.Thread(target=lambda: sched.execute(_prep(1.0), ANY_CALLER))
     holder.start()
     assert started.wait(10)  # the instance is busy until released
     with pytest.raises(DeadlineExceeded, match="waited for model 'm'"):
-        sched.execute(_prep(2.0), deadline=time.monotonic() + 0.05)
+        sched.execute(_prep(2.0), Call(deadline=time.monotonic() + 0.05))
     release.set()
     holder.join(10)
     with pytest.raises(DeadlineExceeded):
-        sched.execute(_prep(3.0), deadline=time.monotonic() - 1)
-    out = sched.execute(_prep(4.0)).outputs[0]
+        sched.execute(_prep(3.0), Call(deadline=time.monotonic() - 1))
+    out = sched.execute(_prep(4.0), ANY_CALLER).outputs[0]
     assert calls == [1.0, 4.0] and out[0, 0] == 8.0

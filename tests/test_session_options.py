@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tensorwire import proto as pb
 from tensorwire.errors import ModelLoadError
 from tensorwire.server.affinity import usable_cpus
-from tensorwire.server.onnx_model import session_options
+from tensorwire.server.session import session_options
 from tensorwire.server.settings import ServerSettings
 
 

@@ -78,7 +78,7 @@ def _repository(tmp_path: Path, models: dict, config: str = "max_batch_size: 8\n
 
 def _loaded(repo: Path, caplog, **settings) -> dict[str, tuple[str, int, str]]:
     """name -> (thread count ModelConfig reports, threads the session really has, the load log line)."""
-    with caplog.at_level(logging.INFO, logger="tensorwire.model"):
+    with caplog.at_level(logging.INFO, logger="tensorwire.loader"):
         r = ModelRepository(ServerSettings(model_repository=repo, **settings))
         r.load_all()
     out = {}

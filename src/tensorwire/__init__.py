@@ -2,7 +2,8 @@
 
 Subpackages: ``tensorwire.export`` (torch -> ONNX model repository), ``tensorwire.server`` (the gRPC
 server), ``tensorwire.fastpath`` (wire codecs: Cython hot path and its pure-Python twin),
-``tensorwire.proto`` (the wire contract and its vocabulary: datatypes, messages, tensors), ``tensorwire.bench`` (benchmarks), ``tensorwire.client``
+``tensorwire.proto`` (the wire contract and its vocabulary: datatypes, messages,
+tensors), ``tensorwire.bench`` (benchmarks), ``tensorwire.client``
 (a small Python client).
 """
 

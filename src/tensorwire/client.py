@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -22,6 +23,31 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # grpcio's own default receive lim
 
 def _error(exc: grpc.RpcError) -> errors.RequestError:
     return errors.for_status(exc.code())(f"{exc.code().name}: {exc.details()}")
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS for a client channel, with tritonclient's names: PEM file paths of the root certificate(s) that
+    the server's certificate must chain to (None: the system's roots) and, for mutual TLS, the client's own
+    private key and certificate chain."""
+
+    root_certificates: str | Path | None = None
+    private_key: str | Path | None = None
+    certificate_chain: str | Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | Path | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        return grpc.ssl_channel_credentials(read(self.root_certificates), read(self.private_key),
+                                            read(self.certificate_chain))
+
+
+def open_channel(address: str, *, tls: TLS | None = None, options: Sequence[tuple] = ()) -> grpc.Channel:
+    """A channel to ``address``: plaintext, or TLS / mutual TLS when ``tls`` is given."""
+    if tls is None:
+        return grpc.insecure_channel(address, options=list(options))
+    return grpc.secure_channel(address, tls.credentials(), options=list(options))
 
 
 @dataclass
@@ -70,10 +96,14 @@ class InferenceClient:
     """Blocking client over one gRPC channel. Use as a context manager, or call ``close()``."""
 
     def __init__(self, address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, tls: TLS | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        """``tls``: TLS or mutual TLS (see :class:`TLS`); ``headers``: gRPC metadata sent with every call,
+        e.g. ``{"triton-grpc-protocol-admin-key": "..."}`` for a server with restricted protocols."""
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=[
+        self._headers = tuple((k.lower(), v) for k, v in (headers or {}).items()) or None
+        self._channel = open_channel(address, tls=tls, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ])
@@ -94,7 +124,7 @@ class InferenceClient:
 
     def _call(self, fn, request, timeout: float | None):
         try:
-            return fn(request, timeout=timeout if timeout is not None else self.timeout)
+            return fn(request, timeout=timeout if timeout is not None else self.timeout, metadata=self._headers)
         except grpc.RpcError as exc:
             raise _error(exc) from None
 

@@ -1,0 +1,115 @@
+"""A loaded model version, and the one owner of serving a request on it.
+
+``Model.infer`` runs every step of a request in one place: prepare (validate, make ORT feeds), schedule
+(a free instance or the dynamic batcher), package (the response object) and record (statistics). The
+transports (ModelInfer, ModelStreamInfer, in-process callers) stay thin: they decode bytes, look the
+model up in the repository, call ``infer`` with a :class:`Call`, and encode the answer. Data flows one
+way: bytes -> codec -> model -> codec -> bytes.
+
+``Call`` is what the model needs to know about the caller, whatever the transport: its deadline and
+whether it is still waiting. A transport builds one per request (``Call.of_grpc`` for grpcio's servicer
+context).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tensorwire.errors import RequestError
+from tensorwire.proto.messages import InferRequest, InferResponse, OutputTensor
+from tensorwire.server.model_config import ModelSpec
+from tensorwire.server.scheduler import Scheduler
+from tensorwire.server.statistics import ModelStatistics, RequestTimes
+from tensorwire.server.validation import FastLane, PreparedRequest, prepare, prepare_fast
+
+log = logging.getLogger("tensorwire.model")
+
+# grpcio reports "no deadline" as a time_remaining() of about 2**63 seconds.
+_NO_DEADLINE_S = 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The caller of one request: ``deadline`` is a time.monotonic() instant (None: no deadline) and
+    ``is_active`` tells whether the caller still waits (None: always)."""
+
+    deadline: float | None = None
+    is_active: Callable[[], bool] | None = None
+
+    @classmethod
+    def of_grpc(cls, context) -> Call:
+        """The caller behind a grpcio ``ServicerContext``."""
+        remaining = context.time_remaining()
+        deadline = None if remaining is None or remaining > _NO_DEADLINE_S else time.monotonic() + remaining
+        return cls(deadline, context.is_active)
+
+    def remaining(self) -> float | None:
+        """Seconds left (never negative), or None without a deadline."""
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def gone(self) -> bool:
+        """The deadline passed or the caller cancelled: nothing should be computed for it any more."""
+        return self.expired() or (self.is_active is not None and not self.is_active())
+
+
+ANY_CALLER = Call()
+
+
+@dataclass(eq=False)
+class Model:
+    """A model version ready to serve: its spec, the scheduler in front of its instances, its statistics."""
+
+    spec: ModelSpec
+    version: str
+    scheduler: Scheduler
+    stats: ModelStatistics = field(default_factory=ModelStatistics)
+    sessions: tuple = ()  # the ORT sessions behind the instances, for what they report (thread counts)
+    lane: FastLane = field(init=False)  # the spec precomputed for validation's fast lane
+    output_datatypes: dict[str, str] = field(init=False)  # output name -> KServe datatype name
+
+    def __post_init__(self) -> None:
+        self.lane = FastLane.of(self.spec)
+        self.output_datatypes = {t.name: t.datatype.name for t in self.spec.outputs}
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def infer(self, request: InferRequest, call: Call = ANY_CALLER) -> InferResponse:
+        """Prepare, schedule, package and record one request; a failure is recorded and raised."""
+        start = time.perf_counter_ns()
+        try:
+            prep = prepare_fast(request, self.lane) or prepare(request, self.spec)
+            prepared = time.perf_counter_ns()
+            execution = self.scheduler.execute(prep, call)
+            ran = time.perf_counter_ns()
+            response = self._package(request, prep, execution.outputs)
+        except RequestError:
+            self.stats.record_failure(time.perf_counter_ns() - start)
+            raise
+        end = time.perf_counter_ns()
+        times = RequestTimes(queue_ns=execution.queue_ns, compute_input_ns=prepared - start + execution.input_ns,
+                             compute_infer_ns=execution.infer_ns, compute_output_ns=end - ran)
+        self.stats.record_success(prep.batch_size, end - start, times)
+        return response
+
+    def _package(self, request: InferRequest, prep: PreparedRequest, arrays: list) -> InferResponse:
+        datatypes = self.output_datatypes
+        outputs = []
+        for name, arr in zip(prep.output_names, arrays):
+            arr = np.asarray(arr)
+            outputs.append(OutputTensor(name, datatypes[name], arr.shape, arr))
+        return InferResponse(model_name=self.spec.name, model_version=self.version, id=request.id,
+                             outputs=outputs, raw=prep.raw_output)
+
+    def close(self) -> None:
+        """Stop the scheduler: queued requests are answered UNAVAILABLE, batcher threads end."""
+        self.scheduler.close()
