@@ -178,47 +178,20 @@ def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
     batch: int | None = None
     misaligned = 0
     for i, inp in enumerate(request.inputs):
-        t = spec.input_by_name.get(inp.name)
-        if t is None:
-            raise InvalidArgument(
-                f"unknown input '{inp.name}' for model '{spec.name}'; expected inputs: {_describe_inputs(spec)}"
-            )
-        if inp.name in feeds:
-            raise InvalidArgument(f"input '{inp.name}' is given more than once")
-        dt = datatype(inp.datatype, f"input '{inp.name}'")
-        if dt.name != t.datatype.name:
-            raise InvalidArgument(
-                f"input '{inp.name}': datatype {dt.name} does not match the model, which expects "
-                f"{t.datatype.name}"
-            )
-        _check_shape(spec, t, inp.shape)
+        t = _declared_input(spec, inp, feeds)
         if spec.max_batch_size > 0:
             if batch is not None and inp.shape[0] != batch:
                 raise InvalidArgument(
                     f"input '{inp.name}': batch size {inp.shape[0]} differs from the other inputs' {batch}"
                 )
             batch = inp.shape[0]
-        if n_raw:
-            if inp.contents:
-                raise InvalidArgument(
-                    f"input '{inp.name}': has typed contents while the request also uses raw_input_contents; "
-                    "use one or the other for all inputs"
-                )
-            arr = array_from_raw(request.raw_input_contents[i], dt, inp.shape, f"input '{inp.name}'")
-        else:
-            if not inp.contents and element_count(inp.shape) > 0:
-                raise InvalidArgument(
-                    f"input '{inp.name}': no data; send it in contents.{dt.contents_field or 'raw'} or "
-                    "raw_input_contents"
-                )
-            arr = array_from_contents(inp.contents, dt, inp.shape, f"input '{inp.name}'")
-        if dt.name == "BYTES":
+        arr = _input_array(request, i, t.datatype)
+        if t.datatype.name == "BYTES":
             arr = _bytes_as_text(arr, inp.name)
         elif not arr.flags.aligned:
-            # Raw views start wherever the field sits in the message. ONNX Runtime accepts such a view but
-            # takes a slow path: 137 us instead of 28 us for a 600 KB input to ReduceMean here, while
-            # numpy copies it in 18 us (tensorwire bench alignment). So copy, into this handler
-            # thread's reused scratch buffer.
+            # Raw views start wherever the field sits in the message; ONNX Runtime takes a slow path on
+            # them and a copy is cheaper (bench/results/README.md, section 4, `tensorwire bench alignment`).
+            # So copy, into this handler thread's reused scratch buffer.
             arr = aligned_copy(arr, i)
             misaligned += 1
         feeds[inp.name] = arr
@@ -228,9 +201,51 @@ def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
             f"missing input(s) {', '.join(missing)} for model '{spec.name}'; expected inputs: "
             f"{_describe_inputs(spec)}"
         )
+    names, raw_output = _requested_outputs(request, spec)
+    return PreparedRequest(feeds, names, batch or 0, raw_output, misaligned)
 
+
+def _declared_input(spec: ModelSpec, inp, seen: dict) -> TensorSpec:
+    """The model's input that ``inp`` names, checked for name, repetition, datatype and shape."""
+    t = spec.input_by_name.get(inp.name)
+    if t is None:
+        raise InvalidArgument(
+            f"unknown input '{inp.name}' for model '{spec.name}'; expected inputs: {_describe_inputs(spec)}"
+        )
+    if inp.name in seen:
+        raise InvalidArgument(f"input '{inp.name}' is given more than once")
+    dt = datatype(inp.datatype, f"input '{inp.name}'")
+    if dt.name != t.datatype.name:
+        raise InvalidArgument(
+            f"input '{inp.name}': datatype {dt.name} does not match the model, which expects {t.datatype.name}"
+        )
+    _check_shape(spec, t, inp.shape)
+    return t
+
+
+def _input_array(request: InferRequest, i: int, dt) -> np.ndarray:
+    """Input ``i``'s data as an array of its shape: a view of its raw bytes, or its typed contents."""
+    inp = request.inputs[i]
+    where = f"input '{inp.name}'"
+    if request.raw_input_contents:
+        if inp.contents:
+            raise InvalidArgument(
+                f"{where}: has typed contents while the request also uses raw_input_contents; "
+                "use one or the other for all inputs"
+            )
+        return array_from_raw(request.raw_input_contents[i], dt, inp.shape, where)
+    if not inp.contents and element_count(inp.shape) > 0:
+        raise InvalidArgument(
+            f"{where}: no data; send it in contents.{dt.contents_field or 'raw'} or raw_input_contents")
+    return array_from_contents(inp.contents, dt, inp.shape, where)
+
+
+def _requested_outputs(request: InferRequest, spec: ModelSpec) -> tuple[list[str], bool]:
+    """(output names to compute, whether to answer in raw form)."""
     raw_output = request.parameters.get(BINARY_DATA_OUTPUT, True) is not False
-    if request.outputs:
+    if not request.outputs:
+        names = [t.name for t in spec.outputs]
+    else:
         names = []
         for out in request.outputs:
             if out.name not in spec.output_by_name:
@@ -241,8 +256,6 @@ def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
             names.append(out.name)
             if out.parameters.get(BINARY_DATA, True) is False:
                 raw_output = False
-    else:
-        names = [t.name for t in spec.outputs]
     if not raw_output:
         untyped = [n for n in names if spec.output_by_name[n].datatype.contents_field is None]
         if untyped:
@@ -252,4 +265,4 @@ def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
                 f"as raw output (leave out {BINARY_DATA_OUTPUT}=false / binary_data=false, or request only "
                 "other outputs)"
             )
-    return PreparedRequest(feeds, names, batch or 0, raw_output, misaligned)
+    return names, raw_output
