@@ -25,7 +25,16 @@ from tensorwire.proto.messages import InferRequest, InferResponse, OutputTensor
 from tensorwire.server.model_config import ModelSpec
 from tensorwire.server.scheduler import Scheduler
 from tensorwire.server.statistics import ModelStatistics, RequestTimes
-from tensorwire.server.validation import FastLane, PreparedRequest, prepare, prepare_fast
+from tensorwire.server.validation import (
+    DEFAULT_LIMITS,
+    FastLane,
+    PreparedRequest,
+    RequestLimits,
+    ResponseBound,
+    contents_check,
+    prepare,
+    prepare_fast,
+)
 
 log = logging.getLogger("tensorwire.model")
 
@@ -72,12 +81,18 @@ class Model:
     scheduler: Scheduler
     stats: ModelStatistics = field(default_factory=ModelStatistics)
     sessions: tuple = ()  # the ORT sessions behind the instances, for what they report (thread counts)
+    limits: RequestLimits = DEFAULT_LIMITS  # what one request may cost (the server's flags)
     lane: FastLane = field(init=False)  # the spec precomputed for validation's fast lane
     output_datatypes: dict[str, str] = field(init=False)  # output name -> KServe datatype name
+    # Passed to the codec's decode: refuses typed contents this model cannot take before they are decoded.
+    check_contents: Callable = field(init=False)
+    response_bound: ResponseBound = field(init=False)
 
     def __post_init__(self) -> None:
         self.lane = FastLane.of(self.spec)
         self.output_datatypes = {t.name: t.datatype.name for t in self.spec.outputs}
+        self.check_contents = contents_check(self.spec, self.limits)
+        self.response_bound = ResponseBound.of(self.spec, self.limits)
 
     @property
     def name(self) -> str:
@@ -87,10 +102,15 @@ class Model:
         """Prepare, schedule, package and record one request; a failure is recorded and raised."""
         start = time.perf_counter_ns()
         try:
-            prep = prepare_fast(request, self.lane) or prepare(request, self.spec)
+            prep = prepare_fast(request, self.lane) or prepare(request, self.spec, self.limits)
+            bound = self.response_bound
+            if bound.before:  # only models whose largest static answer exceeds --max-message-mb
+                bound.check(prep)
             prepared = time.perf_counter_ns()
             execution = self.scheduler.execute(prep, call)
             ran = time.perf_counter_ns()
+            if bound.after:  # dynamic output dims: the arrays' size, before anything is encoded
+                bound.check(prep, execution.outputs)
             response = self._package(request, prep, execution.outputs)
         except RequestError:
             self.stats.record_failure(time.perf_counter_ns() - start)

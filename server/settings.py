@@ -132,6 +132,12 @@ class ServerSettings:
     # -- requests and threads ------------------------------------------------------------------------------
     max_message_mb: float = setting(
         64.0, help="largest request and response in MiB (the default fits a batch of 64 3x224x224 FP32 images)")
+    max_bytes_elements: int = setting(
+        1 << 16, help="most BYTES (string) elements one input may carry; each costs ~300 bytes of Python objects "
+        "and ONNX Runtime strings whatever its length, so this bounds a request's memory (docs/resilience.md)")
+    max_typed_contents_mb: float = setting(
+        16.0, help="largest typed-contents (InferTensorContents) input once decoded, in MiB; a one-byte varint "
+        "decodes to up to 8 bytes, so this bounds what typed requests cost; raw_input_contents are not affected")
     handler_threads: int = setting(
         64, help="threads running RPC handlers; a request waiting in a batcher queue holds one")
     max_concurrent_rpcs: int = setting(1024, help="RPCs admitted at once; more are answered RESOURCE_EXHAUSTED")
