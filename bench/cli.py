@@ -1,5 +1,5 @@
-"""`tensorwire bench compare | load | overhead | codec | fastpath | batching | alignment`: the parsers, and
-the glue from arguments to settings."""
+"""`tensorwire bench compare | load | overhead | codec | fastpath | batching | alignment | memory`: the
+parsers, and the glue from arguments to settings."""
 
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ MODULE_COMMANDS = {
     "fastpath": ("tensorwire.bench.fastpath_e2e", "server with the extension vs the twin vs a bare grpcio echo"),
     "batching": ("tensorwire.bench.batching", "dynamic batching off/on/eager x 1 and 2 workers under load"),
     "alignment": ("tensorwire.bench.alignment", "ONNX Runtime on aligned vs misaligned input views"),
+    "memory": ("tensorwire.bench.memory", "peak server memory per hostile request vs a bare grpcio receive"),
 }
 
 
