@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -60,6 +62,8 @@ def infer_request(model: str, inputs: list[bytes], raw: list[bytes] = ()) -> byt
 def small_request() -> bytes:
     return infer_request(SMALL_MODEL, [input_tensor("INPUT", "FP32", (1, 16))], [bytes(64)])
 
+
+SMALL_ANSWER_BYTES = 128  # about what tensorwire answers to small_request; the echo server answers as many
 
 @dataclass(frozen=True)
 class Case:
@@ -209,24 +213,50 @@ def _latencies(address: str, stop: threading.Event, out: list[float], limit: int
             out.append((time.perf_counter() - t0) * 1e3)
 
 
+LOAD_SECONDS = 3.0  # the loading client sends for at least this long (and at least ``repeats`` times)
+
+
 def small_p99(server: ServerProcess, request: bytes, repeats: int, samples: int) -> dict:
-    """p99 of a small request on the idle server, then while one client sends ``request`` ``repeats`` times."""
+    """p99 of a small request on the idle server, then while another process sends ``request`` (another
+    process: a sender in this one would hold this client's GIL while it serialises). Loaded samples are
+    taken only while it sends: it says when it is ready (imports done, connected), sends on "go", and the
+    window closes when it exits."""
     idle: list[float] = []
     _latencies(server.address, threading.Event(), idle, samples)
     loaded: list[float] = []
     stop = threading.Event()
     t = threading.Thread(target=_latencies, args=(server.address, stop, loaded, 10**9))
-    t.start()
-    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", -1),
-                                                        ("grpc.max_receive_message_length", -1)]) as channel:
-        call = channel.unary_unary(INFER)
-        for _ in range(repeats):
-            with contextlib.suppress(grpc.RpcError):  # refused or answered: the load is the point
-                call(request, timeout=300)
+    with tempfile.NamedTemporaryFile(prefix="tensorwire-memory-", suffix=".bin") as f:
+        f.write(request)
+        f.flush()
+        sender = subprocess.Popen([sys.executable, "-m", "tensorwire.bench.memory", "--send", server.address,
+                                   f.name, str(repeats)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert sender.stdout.readline().strip() == "ready"
+        t.start()
+        sender.stdin.write("go\n")
+        sender.stdin.flush()
+        sender.wait(timeout=900)
     stop.set()
     t.join()
     return {"idle_ms": round(float(np.percentile(idle, 99)), 2),
             "loaded_ms": round(float(np.percentile(loaded, 99)), 2), "loaded_samples": len(loaded)}
+
+
+def _send(address: str, path: str, repeats: int) -> int:
+    """The loading client: send the request in ``path`` at least ``repeats`` times and for LOAD_SECONDS."""
+    request = Path(path).read_bytes()
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1),
+                                                 ("grpc.max_receive_message_length", -1)]) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        call = channel.unary_unary(INFER)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        start, sent = time.monotonic(), 0
+        while sent < repeats or time.monotonic() - start < LOAD_SECONDS:
+            with contextlib.suppress(grpc.RpcError):  # refused or answered: the load is the point
+                call(request, timeout=300)
+            sent += 1
+    return 0
 
 
 def run_case(case: Case, repo: Path, p99: bool = False) -> Result:
@@ -234,8 +264,11 @@ def run_case(case: Case, repo: Path, p99: bool = False) -> Result:
     with tensorwire_server(repo, *case.server_args) as server:
         warm(server, case.model)
         sent = send_measured(server, request)
-        latency = small_p99(server, request, 3, 300) if p99 else {}
+        latency = {"tensorwire": small_p99(server, request, 3, 300)} if p99 else {}
     floor = grpcio_floor(request, sent.response_bytes)
+    if p99:  # the same load on bare grpcio answering small requests: what grpcio alone does to others
+        with echo_server(SMALL_ANSWER_BYTES) as echo:
+            latency["grpcio"] = small_p99(echo, request, 3, 300)
     wire = round(len(request) / MiB, 1)
     return Result(case.name, case.what, wire, sent.status, sent.message[:300], sent.peak_mib, floor,
                   bound_for(case, wire, floor, sent.response_bytes), latency)
@@ -243,13 +276,15 @@ def run_case(case: Case, repo: Path, p99: bool = False) -> Result:
 
 def markdown(results: list[Result]) -> str:
     lines = ["| case | wire MiB | status | server peak MiB | bare grpcio peak MiB | bound MiB | within | "
-             "small p99 idle / loaded ms |", "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
+             "small p99 ms: tensorwire idle / loaded | bare grpcio idle / loaded |",
+             "| --- | ---: | --- | ---: | ---: | ---: | --- | --- | --- |"]
     for r in results:
         p = r.small_p99_ms
-        p99 = f"{p['idle_ms']} / {p['loaded_ms']}" if p else "-"
+        ours = f"{p['tensorwire']['idle_ms']} / {p['tensorwire']['loaded_ms']}" if p else "-"
+        floor = f"{p['grpcio']['idle_ms']} / {p['grpcio']['loaded_ms']}" if p else "-"
         within = "yes" if r.server_peak_mib <= r.bound_mib else "NO"
         lines.append(f"| {r.case}: {r.what} | {r.wire_mib} | {r.status} | {r.server_peak_mib} | "
-                     f"{r.grpcio_peak_mib} | {r.bound_mib} | {within} | {p99} |")
+                     f"{r.grpcio_peak_mib} | {r.bound_mib} | {within} | {ours} | {floor} |")
     return "\n".join(lines) + "\n"
 
 
@@ -257,7 +292,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default=",".join(c.name for c in CASES),
                         help="comma-separated case names (default: all)")
     parser.add_argument("--p99", action="store_true",
-                        help="also measure a small-request client's p99, idle and while the case is sent 3 times")
+                        help="also measure a small-request client's p99, idle and while another process sends "
+                        "the case (3 times, and for at least 3 s)")
     parser.add_argument("--out", type=Path, help="directory for memory.json and memory.md")
 
 
@@ -283,6 +319,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--send"]:  # the loading client of small_p99, in its own process
+        return _send(argv[1], argv[2], int(argv[3]))
     parser = argparse.ArgumentParser(prog="tensorwire bench memory", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
