@@ -27,8 +27,12 @@ def _connections() -> list[tuple[int, int, str, int]]:
 
 
 def socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+    inodes: set[int] = set()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # it exited meanwhile
+        return inodes
+    for fd in fds:
         try:
             target = os.readlink(fd)
         except OSError:
@@ -42,8 +46,24 @@ def children(pid: int) -> list[int]:
     """Direct child processes of ``pid``."""
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except OSError:  # the thread ended meanwhile
+            continue
         out.extend(int(c) for c in text)
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (workers may be children of a fork server, not of the server itself)."""
+    out, todo = [], children(pid)
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        try:
+            todo.extend(children(child))
+        except OSError:  # it exited meanwhile
+            continue
     return out
 
 

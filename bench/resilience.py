@@ -4,15 +4,19 @@ For each scenario (N half-sent ModelInfer calls + M idle ModelStreamInfer stream
 a fresh server is started, the stalled calls are opened, and a well-behaved client then alternates a
 grpc.health.v1 Check and a ModelInfer on the small MLP for ``--duration`` seconds: its errors by status,
 p50 and p99, the server's thread count and RSS while stalled, and how long after the stalled clients go
-away the server answers again. Loopback only, bounded in time and count.
+away the server answers again. Then one of two workers is killed while clients on the other keep calling:
+how long until a replacement listens, and what the survivors' clients saw. Loopback only, bounded.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tensorwire.bench.fastpath_e2e import mlp_model
 from tensorwire.bench.processes import tensorwire_server
+from tensorwire.bench.procnet import client_ports, descendants, listening, worker_of
 from tensorwire.bench.report import write_rows
 from tensorwire.bench.stall import stalled
 from tensorwire.bench.stats import percentile_ms
@@ -106,6 +111,61 @@ def _scenario(repo: Path, half_sent: int, idle: int, duration: float, server_arg
     return row
 
 
+def _workers(server) -> list[int]:
+    port = int(server.address.rsplit(":", 1)[1])
+    return [pid for pid in descendants(server.process.pid) if listening(pid, port)]
+
+
+def worker_kill(repo: Path, server_args: list[str], timeout_s: float = 60.0) -> dict:
+    """SIGKILL one of two workers while clients on the other keep calling: seconds until a replacement
+    listens, and the failures seen on connections to the surviving worker."""
+    request = encode_request("mlp", {"input": np.ones((1, 512), np.float32)})
+    with tensorwire_server(repo, "--workers", "2", *server_args) as server:
+        port = int(server.address.rsplit(":", 1)[1])
+        deadline = time.monotonic() + timeout_s
+        while len(_workers(server)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _workers(server)
+        clients = []
+        for _ in range(8):  # a connection each, so that both workers get some
+            before = client_ports(port)
+            client = InferenceClient(server.address, timeout=30, options=[("grpc.use_local_subchannel_pool", 1)])
+            client.infer_bytes(request)
+            clients.append((client, (client_ports(port) - before).pop()))
+        victim = worker_of(clients[0][1], port, workers)
+        survivors = [c for c, local in clients if worker_of(local, port, workers) != victim]
+        failures, calls, stop = [], [0], threading.Event()
+
+        def keep_calling(client: InferenceClient) -> None:
+            while not stop.is_set():
+                try:
+                    client.infer_bytes(request)
+                    calls[0] += 1
+                except RequestError as exc:
+                    failures.append(exc.code.name)
+
+        threads = [threading.Thread(target=keep_calling, args=(c,)) for c in survivors]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        while time.monotonic() < killed + timeout_s:
+            now = _workers(server)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.01)
+        replaced_s = time.monotonic() - killed
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        for c, _ in clients:
+            c.close()
+    return {"survivor_connections": len(survivors), "survivor_calls": calls[0], "survivor_failures": len(failures),
+            "replacement_listening_after_s": replaced_s}
+
+
 def _markdown(rows: list[dict], server_args: list[str]) -> str:
     head = ("| half-sent calls | idle streams | probes | errors | health p50 / p99 ms | infer p50 / p99 ms | "
             "server threads | server RSS MiB | stalled calls refused | answering again after |\n" + "|---" * 10 + "|")
@@ -130,10 +190,15 @@ def run_scenarios(duration: float, server_args: list[str], out: Path | None) -> 
         for half_sent, idle in SCENARIOS:
             rows.append(_scenario(repo, half_sent, idle, duration, server_args))
             print(_markdown(rows[-1:], server_args).splitlines()[-1], flush=True)
-    table = _markdown(rows, server_args)
+        kill = worker_kill(repo, server_args)
+    table = _markdown(rows, server_args) + (
+        "\n\nkill -9 of one of two workers: a replacement listened after "
+        f"{kill['replacement_listening_after_s']:.2f} s; "
+        f"{kill['survivor_failures']} failed of {kill['survivor_calls']} calls on the "
+        f"{kill['survivor_connections']} connections to the surviving worker")
     print(table)
     if out:
-        write_rows(rows, table, out, "resilience")
+        write_rows([*rows, {"worker_kill": kill}], table, out, "resilience")
     return rows
 
 

@@ -2,8 +2,8 @@
 
 One Python process is bounded by its GIL, so throughput on several cores needs several processes.
 The parent reserves the port (a bound, non-listening SO_REUSEPORT socket, as grpc's multiprocessing
-example does), starts N workers with the ``spawn`` method (fresh interpreters: no gRPC or ONNX Runtime
-state crosses a fork), and forwards SIGTERM/SIGINT so they all drain together. The kernel balances
+example does), starts N workers from a fork server that has only imported the modules (no gRPC or ONNX
+Runtime object crosses a fork), and forwards SIGTERM/SIGINT so they all drain together. The kernel balances
 per connection: one client channel lands on one worker; statistics and batchers are per worker.
 
 A worker that dies is replaced, as gunicorn's and uvicorn's supervisors do, while the others keep
@@ -60,6 +60,19 @@ def _worker_main(settings: ServerSettings, index: int) -> None:
     raise SystemExit(serve(settings, quiet=True))
 
 
+# Imported once by the fork server, so that a worker (and its replacement) starts without re-importing them.
+PRELOAD = ["tensorwire.server.app", "onnxruntime", "numpy"]
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Workers fork from a fork server that has imported the modules a worker needs and nothing more: no
+    gRPC server, channel or ONNX Runtime session exists there, so none crosses a fork (the reason spawn was
+    used), while a replacement skips about a second of imports (bench/results/resilience/)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 @dataclasses.dataclass
 class _Slot:
     """One worker position: its settings and the process that fills it now."""
@@ -75,7 +88,7 @@ class Supervisor:
 
     def __init__(self, settings: ServerSettings, port: int, tmp: Path) -> None:
         self.settings = settings
-        self.ctx = multiprocessing.get_context("spawn")
+        self.ctx = worker_context()
         n = settings.workers
         shared = len(settings.cpu_affinity) < n  # no CPUs of its own: a part of what all may use
         self.slots = [_Slot(i, dataclasses.replace(

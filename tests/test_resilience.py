@@ -16,7 +16,7 @@ from models import ADD_SUB_CONFIG, add_sub_model, write_model
 from serving import start_server
 from test_lifecycle import _slow_model
 
-from tensorwire.bench.procnet import children, client_ports, listening, worker_of
+from tensorwire.bench.procnet import client_ports, descendants, listening, worker_of
 from tensorwire.bench.stall import stalled
 from tensorwire.client import InferenceClient, encode_request
 
@@ -72,7 +72,7 @@ def test_cancelled_requests_leave_the_batcher_queue_at_once(tmp_path):
 
 def _workers(server) -> list[int]:
     port = int(server.address.rsplit(":", 1)[1])
-    return [pid for pid in children(server.process.pid) if listening(pid, port)]
+    return [pid for pid in descendants(server.process.pid) if listening(pid, port)]
 
 
 def _wait(predicate, timeout: float = 120.0) -> None:
