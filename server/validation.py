@@ -30,6 +30,7 @@ from tensorwire.proto.tensors import (
 )
 from tensorwire.server.model_config import ModelSpec, TensorSpec
 from tensorwire.server.scratch import aligned_copy
+from tensorwire.server.settings import ServerSettings
 
 # Request/output parameter that asks for typed InferTensorContents instead of raw bytes
 # (the same name Triton's HTTP protocol uses for its binary tensor extension).
@@ -52,7 +53,7 @@ class RequestLimits:
     max_response_bytes: int = 64 << 20
 
     @classmethod
-    def of(cls, settings) -> RequestLimits:
+    def of(cls, settings: ServerSettings) -> RequestLimits:
         """The limits a server's ``ServerSettings`` set."""
         return cls(settings.max_bytes_elements, int(settings.max_typed_contents_mb * 2**20),
                    settings.max_message_bytes)
@@ -62,6 +63,7 @@ DEFAULT_LIMITS = RequestLimits()
 
 
 def check_bytes_elements(count: int, where: str, limits: RequestLimits) -> None:
+    """RESOURCE_EXHAUSTED for more BYTES elements than the server takes, before any is split or decoded."""
     if count > limits.max_bytes_elements:
         raise ResourceExhausted(
             f"{where}: {count} BYTES elements, above this server's bound of {limits.max_bytes_elements} "
@@ -69,12 +71,18 @@ def check_bytes_elements(count: int, where: str, limits: RequestLimits) -> None:
 
 
 def contents_check(spec: ModelSpec, limits: RequestLimits) -> Callable[[InputTensor, dict[str, int]], None]:
-    """The check a codec runs on each input's typed-contents counts before decoding them: the input must be
-    one of the model's, with its datatype and a shape it accepts, the counts must fill that shape, and the
-    decoded size must be within ``limits``. The same messages as :func:`prepare` gives."""
+    """A check for ONE request's decode (it keeps that request's state), run by the codec on each input's
+    typed-contents counts before decoding them: the input must be one of the model's, given once, with its
+    datatype and a shape it accepts, the counts must fill that shape, BYTES within the element bound and the
+    request's decoded typed contents, all inputs together, within the size bound. The same messages as
+    :func:`prepare` gives."""
+    seen: dict = {}
+    decoded = 0
 
     def check(inp: InputTensor, counts: dict[str, int]) -> None:
-        t = _declared_input(spec, inp, {})
+        nonlocal decoded
+        t = _declared_input(spec, inp, seen)
+        seen[inp.name] = None
         where = f"input '{inp.name}'"
         dt = t.datatype
         count = check_contents_counts(counts, dt, inp.shape, where)
@@ -82,11 +90,12 @@ def contents_check(spec: ModelSpec, limits: RequestLimits) -> Callable[[InputTen
             check_bytes_elements(count, where, limits)
             return
         size = count * CONTENTS_FIELD_DTYPES[dt.contents_field].itemsize
-        if size > limits.max_typed_contents_bytes:
+        decoded += size
+        if decoded > limits.max_typed_contents_bytes:
             raise ResourceExhausted(
-                f"{where}: {dt.contents_field} of {count} elements decodes to {size} bytes, above this server's "
-                f"bound of {limits.max_typed_contents_bytes} (--max-typed-contents-mb); send it in "
-                "raw_input_contents")
+                f"{where}: {dt.contents_field} of {count} elements decodes to {size} bytes, {decoded} for the "
+                f"request's typed contents so far, above this server's bound of {limits.max_typed_contents_bytes} "
+                "(--max-typed-contents-mb); send it in raw_input_contents")
 
     return check
 

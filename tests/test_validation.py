@@ -264,7 +264,7 @@ def _header(name: str, datatype: str, shape: tuple) -> InputTensor:
     (_header("x", "FP32", (1, 2)), {"fp32_contents": 7}, InvalidArgument, ("holds 7 elements", "needs 2")),
     (_header("x", "FP32", (1, 2)), {"int64_contents": 2}, InvalidArgument, ("expects contents in 'fp32_contents'",)),
     (_header("w", "INT64", (1, 9)), {"int64_contents": 9}, ResourceExhausted,
-     ("decodes to 72 bytes", "bound of 64", "--max-typed-contents-mb")),
+     ("decodes to 72 bytes", "72 for the request's typed contents", "bound of 64", "--max-typed-contents-mb")),
     (_header("w", "INT64", (1, 8)), {"int64_contents": 8}, None, ()),
     (_header("s", "BYTES", (1, 11)), {"bytes_contents": 11}, ResourceExhausted,
      ("11 BYTES elements", "bound of 10", "--max-bytes-elements")),
@@ -318,3 +318,16 @@ def test_response_bound_after_the_run_for_dynamic_outputs():
         bound.check(prep, [np.zeros((1, 100), np.int64), strings])
     typed = PreparedRequest({}, ["y"], 1, False, 0)  # typed varints: at least a byte each
     bound.check(typed, [np.zeros((1, 1000), np.int64)])
+
+
+def test_contents_check_holds_one_request_a_repeated_input_and_the_total():
+    """A check belongs to one request: an input given twice is refused (it would double the cost), and the
+    typed bound is on the request's total, all inputs together; a fresh check starts from nothing."""
+    spec = spec_of([("w", "INT64", (-1,)), ("v", "INT64", (-1,))])
+    check = contents_check(spec, LIMITS)
+    check(_header("w", "INT64", (1, 5)), {"int64_contents": 5})
+    with pytest.raises(InvalidArgument, match="input 'w' is given more than once"):
+        check(_header("w", "INT64", (1, 1)), {"int64_contents": 1})
+    with pytest.raises(ResourceExhausted, match="decodes to 32 bytes, 72 for the request"):
+        check(_header("v", "INT64", (1, 4)), {"int64_contents": 4})
+    contents_check(spec, LIMITS)(_header("v", "INT64", (1, 4)), {"int64_contents": 4})
