@@ -539,13 +539,13 @@ cdef class _Decoder:
 
     cdef int contents_of(self, list pending, object check) except -1:
         """Typed contents, once the whole message is known to be well formed: with a ``check``, every
-        occurrence is first walked and counted (a structural fault raises here, before any check), then
-        ``check(input, {field: count})`` runs for each input, and only then is anything allocated."""
+        occurrence is first walked and counted (a structural fault raises here, before the check), then
+        ``check([(input, {field: count}), ...])`` runs once, and only then is anything allocated."""
         if check is not None:
-            counts = [self.count(ranges) for _, ranges in pending]
-            for (t, _), c in zip(pending, counts):
-                if c:
-                    check(t, c)
+            counted = [(t, self.count(ranges)) for t, ranges in pending]
+            counted = [(t, c) for t, c in counted if c]
+            if counted:
+                check(counted)
         for t, ranges in pending:
             _put(t, I_CONTENTS, self.decode_contents(ranges))
         return 0
@@ -724,8 +724,8 @@ def peek_infer_request(buf):
 def decode_infer_request(buf, check=None):
     """Decode ModelInferRequest wire bytes (any buffer); raw contents are views into ``buf``.
 
-    ``check(input, {field: count})`` runs for each input with typed contents before any of them is
-    allocated (twin.ContentsCheck), so a caller refuses a hostile count at the cost of one walk.
+    ``check([(input, {field: count}), ...])`` runs once for the inputs with typed contents before any of
+    them is allocated (twin.ContentsCheck), so a caller refuses a hostile count at the cost of one walk.
     """
     return _Decoder(buf).request(check)
 

@@ -62,10 +62,10 @@ def _contents(c) -> dict:
     return out
 
 
-# The contents check a caller may pass to decode_infer_request: called once per input that carries
-# typed contents, with the input (contents still empty) and {field name: element count}, before any of
-# its elements are decoded; it raises to refuse the request.
-ContentsCheck = Callable[[InputTensor, dict[str, int]], None]
+# The contents check a caller may pass to decode_infer_request: called once per request that carries
+# typed contents, with [(input, {field name: element count}), ...] for those inputs in input order (their
+# contents still empty), before any element is decoded; it raises to refuse the request.
+ContentsCheck = Callable[[list[tuple[InputTensor, dict[str, int]]]], None]
 
 
 def _head_class():
@@ -102,8 +102,8 @@ def peek_infer_request(buf: bytes) -> tuple[str, str]:
 def decode_infer_request(buf: bytes, check: ContentsCheck | None = None) -> InferRequest:
     """Decode ModelInferRequest wire bytes; ``check`` sees each input's typed-contents counts first.
 
-    The order is the extension's: every structural fault of the message first, then ``check`` for each
-    input with typed contents, in input order, then the contents are converted.
+    The order is the extension's: every structural fault of the message first, then ``check`` once for
+    the inputs with typed contents, then the contents are converted.
     """
     msg = pb.ModelInferRequest()
     try:
@@ -113,10 +113,11 @@ def decode_infer_request(buf: bytes, check: ContentsCheck | None = None) -> Infe
     inputs = [InputTensor(name=t.name, datatype=t.datatype, shape=tuple(t.shape),
                           parameters=_params(t.parameters), contents={}) for t in msg.inputs]
     if check is not None:
-        for inp, t in zip(inputs, msg.inputs):
-            counts = {fd.name: len(values) for fd, values in t.contents.ListFields()}
-            if counts:
-                check(inp, counts)
+        counted = [(inp, {fd.name: len(values) for fd, values in t.contents.ListFields()})
+                   for inp, t in zip(inputs, msg.inputs)]
+        counted = [(inp, counts) for inp, counts in counted if counts]
+        if counted:
+            check(counted)
     for inp, t in zip(inputs, msg.inputs):
         inp.contents = _contents(t.contents)
     return InferRequest(

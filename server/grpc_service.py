@@ -163,7 +163,7 @@ class InferenceServicer:
         an unknown model or a hostile count costs nothing beyond grpcio's receive (docs/resilience.md)."""
         name, version = self.codec.peek_infer_request(request_bytes)
         model = self.repository.get(name, version)
-        request = self.codec.decode_infer_request(request_bytes, model.contents_check())
+        request = self.codec.decode_infer_request(request_bytes, model.check_contents)
         return model.infer(request, call)
 
     def model_stream_infer(self, request_iterator: Iterator[bytes], context) -> Iterator[bytes]:

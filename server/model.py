@@ -88,17 +88,16 @@ class Model:
     limits: RequestLimits = DEFAULT_LIMITS  # what one request may cost (the server's flags)
     lane: FastLane = field(init=False)  # the spec precomputed for validation's fast lane
     output_datatypes: dict[str, str] = field(init=False)  # output name -> KServe datatype name
+    # Passed to the codec's decode: refuses typed contents this model cannot take (shape, datatype, count, a
+    # repeated input, the size bounds) before they are decoded.
+    check_contents: Callable = field(init=False)
     response_bound: ResponseBound = field(init=False)
 
     def __post_init__(self) -> None:
         self.lane = FastLane.of(self.spec)
         self.output_datatypes = {t.name: t.datatype.name for t in self.spec.outputs}
+        self.check_contents = contents_check(self.spec, self.limits)
         self.response_bound = ResponseBound.of(self.spec, self.limits)
-
-    def contents_check(self) -> Callable:
-        """For the codec's decode of one request: refuses typed contents this model cannot take (shape,
-        datatype, count, a repeated input, the size bounds) before they are decoded. One per request."""
-        return contents_check(self.spec, self.limits)
 
     @property
     def name(self) -> str:

@@ -70,32 +70,34 @@ def check_bytes_elements(count: int, where: str, limits: RequestLimits) -> None:
             "(--max-bytes-elements); send fewer strings per request")
 
 
-def contents_check(spec: ModelSpec, limits: RequestLimits) -> Callable[[InputTensor, dict[str, int]], None]:
-    """A check for ONE request's decode (it keeps that request's state), run by the codec on each input's
-    typed-contents counts before decoding them: the input must be one of the model's, given once, with its
-    datatype and a shape it accepts, the counts must fill that shape, BYTES within the element bound and the
-    request's decoded typed contents, all inputs together, within the size bound. The same messages as
-    :func:`prepare` gives."""
-    seen: dict = {}
-    decoded = 0
+ContentsCheck = Callable[[list[tuple[InputTensor, dict[str, int]]]], None]
 
-    def check(inp: InputTensor, counts: dict[str, int]) -> None:
-        nonlocal decoded
-        t = _declared_input(spec, inp, seen)
-        seen[inp.name] = None
-        where = f"input '{inp.name}'"
-        dt = t.datatype
-        count = check_contents_counts(counts, dt, inp.shape, where)
-        if dt.name == "BYTES":
-            check_bytes_elements(count, where, limits)
-            return
-        size = count * CONTENTS_FIELD_DTYPES[dt.contents_field].itemsize
-        decoded += size
-        if decoded > limits.max_typed_contents_bytes:
-            raise ResourceExhausted(
-                f"{where}: {dt.contents_field} of {count} elements decodes to {size} bytes, {decoded} for the "
-                f"request's typed contents so far, above this server's bound of {limits.max_typed_contents_bytes} "
-                "(--max-typed-contents-mb); send it in raw_input_contents")
+
+def contents_check(spec: ModelSpec, limits: RequestLimits) -> ContentsCheck:
+    """The check a codec runs once per request on its inputs' typed-contents counts, before decoding them:
+    each input must be one of the model's, given once, with its datatype and a shape it accepts, the counts
+    must fill that shape, BYTES within the element bound, and the request's decoded typed contents, all
+    inputs together, within the size bound. The same messages as :func:`prepare` gives."""
+
+    def check(counted: list[tuple[InputTensor, dict[str, int]]]) -> None:
+        seen: dict = {}
+        decoded = 0
+        for inp, counts in counted:
+            t = _declared_input(spec, inp, seen)
+            seen[inp.name] = None
+            where = f"input '{inp.name}'"
+            dt = t.datatype
+            count = check_contents_counts(counts, dt, inp.shape, where)
+            if dt.name == "BYTES":
+                check_bytes_elements(count, where, limits)
+                continue
+            size = count * CONTENTS_FIELD_DTYPES[dt.contents_field].itemsize
+            decoded += size
+            if decoded > limits.max_typed_contents_bytes:
+                raise ResourceExhausted(
+                    f"{where}: {dt.contents_field} of {count} elements decodes to {size} bytes, {decoded} for the "
+                    f"request's typed contents so far, above this server's bound of "
+                    f"{limits.max_typed_contents_bytes} (--max-typed-contents-mb); send it in raw_input_contents")
 
     return check
 

@@ -85,16 +85,19 @@ class Refused(Exception):
 
 
 def checked_outcome(codec, buf, limit: int):
-    """Decode with a contents check that records each call and refuses more than ``limit`` elements in one
-    input: (outcome, calls). Both codecs must call it for the same inputs, in the same order, with the
-    same counts, and only once the whole message is known to be well formed."""
+    """Decode with a contents check that records what it is given and refuses more than ``limit`` elements
+    in one input: (outcome, calls). Both codecs must call it at most once, with the same inputs in the same
+    order and the same counts, and only once the whole message is known to be well formed."""
     calls = []
 
-    def check(inp, counts):
-        assert inp.contents == {} and counts and all(type(n) is int and n > 0 for n in counts.values())
-        calls.append((inp.name, inp.datatype, inp.shape, len(inp.parameters), dict(counts)))
-        if sum(counts.values()) > limit:
-            raise Refused(inp.name)
+    def check(counted):
+        assert type(counted) is list and counted and not calls  # once per request, never empty
+        for inp, counts in counted:
+            assert inp.contents == {} and counts and all(type(n) is int and n > 0 for n in counts.values())
+            calls.append((inp.name, inp.datatype, inp.shape, len(inp.parameters), dict(counts)))
+        for inp, counts in counted:
+            if sum(counts.values()) > limit:
+                raise Refused(inp.name)
 
     try:
         got = ("ok", normalize(codec.decode_infer_request(buf, check)))

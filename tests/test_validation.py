@@ -274,10 +274,10 @@ def test_contents_check_refuses_before_decoding(inp, counts, error, words):
     spec = spec_of([("x", "FP32", (2,)), ("w", "INT64", (-1,)), ("s", "BYTES", (-1,))])
     check = contents_check(spec, LIMITS)
     if error is None:
-        check(inp, counts)
+        check([(inp, counts)])
         return
     with pytest.raises(error) as info:
-        check(inp, counts)
+        check([(inp, counts)])
     for w in words:
         assert w in str(info.value)
 
@@ -320,14 +320,16 @@ def test_response_bound_after_the_run_for_dynamic_outputs():
     bound.check(typed, [np.zeros((1, 1000), np.int64)])
 
 
-def test_contents_check_holds_one_request_a_repeated_input_and_the_total():
-    """A check belongs to one request: an input given twice is refused (it would double the cost), and the
-    typed bound is on the request's total, all inputs together; a fresh check starts from nothing."""
+def test_contents_check_refuses_a_repeated_input_and_bounds_the_request_total():
+    """An input given twice is refused (it would double the cost), and the typed bound is on the request's
+    total, all inputs together; each call is one request and starts from nothing."""
     spec = spec_of([("w", "INT64", (-1,)), ("v", "INT64", (-1,))])
     check = contents_check(spec, LIMITS)
-    check(_header("w", "INT64", (1, 5)), {"int64_contents": 5})
+    w5, w1, v4 = (_header("w", "INT64", (1, 5)), {"int64_contents": 5}), (_header("w", "INT64", (1, 1)),
+                  {"int64_contents": 1}), (_header("v", "INT64", (1, 4)), {"int64_contents": 4})
     with pytest.raises(InvalidArgument, match="input 'w' is given more than once"):
-        check(_header("w", "INT64", (1, 1)), {"int64_contents": 1})
+        check([w5, w1])
     with pytest.raises(ResourceExhausted, match="decodes to 32 bytes, 72 for the request"):
-        check(_header("v", "INT64", (1, 4)), {"int64_contents": 4})
-    contents_check(spec, LIMITS)(_header("v", "INT64", (1, 4)), {"int64_contents": 4})
+        check([w5, v4])
+    check([w5])
+    check([v4])

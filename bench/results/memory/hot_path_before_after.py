@@ -42,7 +42,7 @@ models = {}
 out = {}
 for label, shape in (("small_1x16", (1, 16)), ("image_1x3x224x224", (1, 3, 224, 224))):
     spec, buf = case(shape)
-    models["m"] = (FastLane.of(spec), spec)
+    models["m"] = (FastLane.of(spec), contents_check(spec, DEFAULT_LIMITS))
 
     def flow_before(buf=buf):
         r = w.decode_infer_request(buf)
@@ -51,8 +51,8 @@ for label, shape in (("small_1x16", (1, 16)), ("image_1x3x224x224", (1, 3, 224, 
 
     def flow_after(buf=buf):
         name, _ = w.peek_infer_request(buf)
-        lane, spec_ = models[name]
-        return prepare_fast(w.decode_infer_request(buf, contents_check(spec_, DEFAULT_LIMITS)), lane)  # one per request
+        lane, check = models[name]
+        return prepare_fast(w.decode_infer_request(buf, check), lane)
 
     flow = flow_before if which == "before" else flow_after
     for name, fn in (("decode", lambda buf=buf: w.decode_infer_request(buf)), ("flow", flow)):
