@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tensorwire.bench.fastpath_e2e import mlp_model
 from tensorwire.bench.load import LoadSettings, run_load
-from tensorwire.bench.processes import tensorwire_server
+from tensorwire.launcher import tensorwire_server
 from tensorwire.bench.report import write_rows
 
 MAX_BATCH = 32

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tensorwire.bench.processes import echo_server, tensorwire_server
+from tensorwire.launcher import echo_server, tensorwire_server
 from tensorwire.bench.report import write_rows
 from tensorwire.bench.stats import summarize
 from tensorwire.bench.timing import fixed_count, measure

@@ -20,7 +20,7 @@ import numpy as np
 
 from tensorwire.bench import machine
 from tensorwire.bench.load import fetch_inputs, make_inputs
-from tensorwire.bench.processes import echo_server, tensorwire_server
+from tensorwire.launcher import echo_server, tensorwire_server
 from tensorwire.bench.progress import progress_bar
 from tensorwire.bench.stats import summarize
 from tensorwire.bench.timing import LoopSettings, measure

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tensorwire.bench import load, report, stats
 from tensorwire.bench.prepare import parse_model
-from tensorwire.bench.processes import echo_server, tensorwire_server
+from tensorwire.launcher import echo_server, tensorwire_server
 from tensorwire.cli import main
 
 CPU_ENGINES = ["eager", "compile", "ort", "ort-iobinding"]

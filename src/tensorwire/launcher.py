@@ -1,7 +1,9 @@
 """Servers in child processes on loopback: tensorwire itself and the bare grpcio echo floor.
 
 Used by the demo, the benchmarks and the tests alike, so that every measurement and every test talks
-to a real server over a real socket, started the way a user starts it.
+to a real server over a real socket, started the way a user starts it. It lives in the root package,
+not in bench/, because the demo (and anything else that serves) must not depend on the benchmarks:
+dependencies point from bench/ down to serving code, never back.
 """
 
 from __future__ import annotations
@@ -54,26 +56,28 @@ def _wait_live(address: str, proc: subprocess.Popen, log_path: Path, deadline: f
 
 @contextlib.contextmanager
 def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None = None,
-           check_exit: bool = True, stop_timeout_s: float = 30.0) -> Iterator[ServerProcess]:
+           check_exit: bool = True, stop_timeout_s: float = 30.0,
+           python: str | Path = sys.executable) -> Iterator[ServerProcess]:
     """Run ``python <args> --port-file F`` (a server on port 0), wait until it is live, SIGTERM it on exit.
 
     Its port file and log go to ``workdir`` if given (kept), else to a temporary directory removed on exit;
-    ``ServerProcess.log()`` still answers after that.
+    ``ServerProcess.log()`` still answers after that. ``python`` is this interpreter unless another
+    environment's is given (the packaging test serves from a freshly installed wheel that way).
     """
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tensorwire-"))
-        yield from _launch(args, Path(workdir), env, check_exit, stop_timeout_s)
+        yield from _launch([str(python), *args], Path(workdir), env, check_exit, stop_timeout_s)
 
 
-def _launch(args: Sequence[str], workdir: Path, env: dict | None, check_exit: bool,
+def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit: bool,
             stop_timeout_s: float) -> Iterator[ServerProcess]:
     stamp = f"{os.getpid()}-{time.monotonic_ns()}"
     port_file = workdir / f"port-{stamp}"
     log_path = workdir / f"server-{stamp}.log"
     server = None
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, *args, "--port-file", str(port_file)], stdout=log_file,
+        proc = subprocess.Popen([*command, "--port-file", str(port_file)], stdout=log_file,
                                 stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -109,5 +113,5 @@ def tensorwire_server(repository: Path, *extra_args: str, **kw) -> contextlib.Ab
 
 
 def echo_server(response_bytes: int, **kw) -> contextlib.AbstractContextManager[ServerProcess]:
-    """The bare grpcio echo server (tensorwire.bench.echo) answering with ``response_bytes`` bytes."""
-    return launch(["-m", "tensorwire.bench.echo", "--response-bytes", str(response_bytes), "--port", "0"], **kw)
+    """The bare grpcio echo server (:mod:`tensorwire.echo`) answering with ``response_bytes`` bytes."""
+    return launch(["-m", "tensorwire.echo", "--response-bytes", str(response_bytes), "--port", "0"], **kw)
