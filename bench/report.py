@@ -6,8 +6,10 @@ drawn from it alone, so a committed JSON can be re-rendered later (``render(json
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -353,9 +355,30 @@ WRITERS = {"compare": write_compare, "load": write_load, "overhead": write_overh
 
 
 def render(json_path: Path, out: Path | None = None) -> dict[str, Path | None]:
-    """Re-draw the markdown and plots of a saved result (e.g. after changing a plot)."""
+    """Re-draw the markdown and plots of a saved result (e.g. after changing a plot), without re-measuring."""
     payload = json.loads(Path(json_path).read_text())
+    if payload.get("kind") not in WRITERS:
+        raise ValueError(f"{json_path}: kind {payload.get('kind')!r} has no report; one of {sorted(WRITERS)}")
     return WRITERS[payload["kind"]](payload, Path(out or Path(json_path).parent))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tensorwire bench report``."""
+    p.add_argument("--from", dest="source", type=Path, required=True, metavar="RESULT.json",
+                   help=f"a saved {', '.join(WRITERS)} result, e.g. bench/results/compare/compare.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for the markdown and plots (default: beside the JSON, overwriting them)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench report``: 2 when the file is missing or not a result."""
+    try:
+        paths = render(args.source, args.out)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"tensorwire bench report: {exc}", file=sys.stderr)
+        return 2
+    print("written: " + ", ".join(str(v) for k, v in paths.items() if v is not None and k != "json"))
+    return 0
 
 
 def _optional(plot, *args):

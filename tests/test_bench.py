@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tensorwire.bench import load, report, stats
 from tensorwire.bench.prepare import parse_model
-from tensorwire.launcher import echo_server, tensorwire_server
 from tensorwire.cli import main
+from tensorwire.launcher import echo_server, tensorwire_server
 
 CPU_ENGINES = ["eager", "compile", "ort", "ort-iobinding"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -204,7 +204,7 @@ def test_load_refuses_a_request_the_server_rejects(served):
 # ---------------------------------------------------------------- overhead
 
 def test_overhead_in_process_vs_served_vs_echo(repository, tmp_path):
-    rc = main(["bench", "overhead", "--model", "tiny", "--repository", str(repository), "--shape", "mask:1x8",
+    rc = main(["bench", "overhead", "--model", "tiny", "--model-repository", str(repository), "--shape", "mask:1x8",
                "--quick", "--out", str(tmp_path)])
     assert rc == 0
     payload = _check_outputs(tmp_path, "overhead", ["overhead.png"])
@@ -236,3 +236,4 @@ def test_shapes_models_and_stats_helpers():
     cdf = stats.cdf_points([0.003, 0.001, 0.002])
     assert cdf["ms"] == sorted(cdf["ms"]) and cdf["fraction"][-1] == 1.0
     assert math.isnan(stats.percentile_ms([], 50))
+

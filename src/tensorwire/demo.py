@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tensorwire demo needs the export extra: pip install \".[cpu,export]\" in a checkout ({exc})",
               file=sys.stderr)
         return 2
-    repo = Path(args.repository).resolve()
+    repo = Path(args.model_repository).resolve()
     repo.mkdir(parents=True, exist_ok=True)
     builtin = build_builtin(MODEL)
     model_file = _export(builtin, repo)
