@@ -28,7 +28,9 @@ COMMANDS = {
 def _description(module) -> str:
     """The docstring's first paragraph as plain text: argparse would print reST markup as it is."""
     text = (module.__doc__ or "").strip().split("\n\n")[0]
-    return re.sub(r":\w+:`([^`]+)`|``([^`]+)``", lambda m: m.group(1) or m.group(2), text)
+    text = re.sub(r"^`tensorwire bench \w+`: ", "", text)  # the usage line already names the command
+    text = re.sub(r":\w+:`([^`]+)`|``([^`]+)``", lambda m: m.group(1) or m.group(2), text)
+    return text[:1].upper() + text[1:]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
