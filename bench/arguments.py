@@ -14,10 +14,13 @@ __all__ = ["CODEC_CHOICES", "builtin_names", "float_list", "int_list", "int_rang
 
 
 def builtin_names() -> tuple[str, ...]:
-    """The built-in models, read from export's one table (importing it needs no torch)."""
-    from tensorwire.export.builtin import _FACTORIES
+    """The built-in models, read from export's public name for its one table (importing it needs no torch).
 
-    return tuple(_FACTORIES)
+    Imported when a parser is built, not at module level, so that bench/ stays importable on its own.
+    """
+    from tensorwire.export import BUILTINS
+
+    return tuple(BUILTINS)
 
 
 def int_list(text: str) -> list[int]:

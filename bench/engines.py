@@ -27,6 +27,7 @@ import numpy as np
 from tensorwire.bench.stats import summarize
 from tensorwire.bench.timing import LoopSettings, measure
 
+CPU_ENGINES = ("eager", "compile", "ort", "ort-iobinding")
 GPU_ENGINES = {"ort-cuda": "CUDAExecutionProvider", "ort-cuda-iobinding": "CUDAExecutionProvider",
                "ort-tensorrt": "TensorrtExecutionProvider"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
