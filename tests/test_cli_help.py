@@ -91,3 +91,18 @@ def test_top_level_help_from_the_installed_command():
     out = subprocess.run([sys.executable, "-m", "tensorwire", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "``" not in out.stdout and "serve" in out.stdout and "bench" in out.stdout
+
+
+def _option(path: str, flag: str) -> argparse.Action:
+    return next(a for a in PARSERS[path]._actions if flag in a.option_strings)
+
+
+def test_shared_choices_come_from_one_table():
+    """Codec choices and built-in model names are read from their one source, not restated in parsers."""
+    from tensorwire.export import BUILTINS
+    from tensorwire.fastpath import CODEC_CHOICES
+
+    for path in ("tensorwire demo", "tensorwire bench overhead"):
+        assert tuple(_option(path, "--fastpath").choices) == CODEC_CHOICES, path
+    for path, flag in (("tensorwire bench compare", "--models"), ("tensorwire bench overhead", "--model")):
+        assert all(name in _option(path, flag).help for name in BUILTINS), path
