@@ -13,10 +13,12 @@ up in the figures instead of silently lowering the load (no coordinated omission
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import multiprocessing as mp
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -27,7 +29,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from tensorwire.bench import machine
+from tensorwire.bench import arguments, machine
 from tensorwire.bench.progress import progress_bar
 from tensorwire.bench.stats import cdf_points, percentile_ms, summarize_tail
 from tensorwire.server.affinity import usable_cpus
@@ -439,3 +441,53 @@ def run_load(s: LoadSettings) -> dict[str, Any]:
     if s.out:
         report.write_load(payload, s.out)
     return payload
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tensorwire bench load``."""
+    p.add_argument("--target", required=True, help="HOST:PORT of the gRPC endpoint")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--model-version", default="", help="model version (default: the server's choice)")
+    p.add_argument("--concurrency", type=arguments.int_list, default=None,
+                   help="closed-loop concurrencies, comma-separated (default 1,8,32 unless only --rate is given)")
+    p.add_argument("--rate", type=arguments.float_list, default=[],
+                   help="open-loop request rates per second, comma-separated (default: none, closed loop only)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per level (default 10)")
+    p.add_argument("--requests", type=int, default=None, help="at most this many requests per level (default: "
+                   "no limit, --duration decides)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per level, not measured (default 1)")
+    p.add_argument("--processes", type=int, default=0, help="worker processes at most (default 0: usable cores)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in seconds (default 30)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:1x3x224x224",
+                   help="shape of an input whose metadata has -1 dims (repeatable; default 1 for each -1)")
+    p.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME:SHAPE:DATATYPE",
+                   help="describe the inputs yourself instead of asking ModelMetadata (repeatable; default: ask)")
+    p.add_argument("--data", type=Path, default=None,
+                   help=".npz with one array per input name (default: random data)")
+    p.add_argument("--int-range", type=arguments.int_range, default=(0, 1), help="random integer inputs in LOW..HIGH "
+                   "(default 0..1: valid ids, masks and type ids)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for load.json, load.md and PNG plots (default: print the table only)")
+    p.add_argument("--quick", action="store_true", help="1 s per level, short warm-up (CI)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench load``: 0 when no request failed, 1 if some did, 2 when the test could not start."""
+    from tensorwire.bench.report import load_markdown
+
+    try:
+        s = LoadSettings(target=args.target, model=args.model, out=args.out, version=args.model_version,
+                         concurrency=args.concurrency or [], rates=args.rate, duration_s=args.duration,
+                         max_requests=args.requests, warmup_s=args.warmup, processes=args.processes,
+                         timeout_s=args.timeout, shapes=arguments.shapes(args.shape), inputs=args.inputs,
+                         data=args.data, int_range=args.int_range)
+        if args.quick:
+            quick_settings(s)
+        payload = run_load(s)
+    except (ValueError, RuntimeError) as exc:
+        print(f"tensorwire bench load: {exc}", file=sys.stderr)
+        return 2
+    print(load_markdown(payload))
+    if args.out:
+        print(f"written: {args.out}/load.json, load.md, load_throughput_p99.png, load_latency_cdf.png")
+    return 0 if all(not lv["errors"] for lv in payload["levels"]) else 1
