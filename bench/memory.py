@@ -4,7 +4,7 @@ Each case is a request of tens of MiB (the amplification cases of issue 11 and a
 once to a fresh `tensorwire serve` (fresh, so that memory a previous case left in the allocator does not
 hide this one's cost). The server's peak is its VmHWM, reset through /proc/PID/clear_refs just before
 the request, minus its VmRSS then. The floor is the same bytes sent to the bare grpcio echo server
-(``bench/echo.py``: receives bytes, answers a payload of the size ours answered), measured the same way.
+(``tensorwire.echo``: receives bytes, answers a payload of the size ours answered), measured the same way.
 With ``--p99`` another client sends small requests throughout and its p99 is compared with its p99 on the
 idle server. Results: bench/results/memory/ (bench/results/README.md gives the command).
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from tensorwire.bench.processes import ServerProcess, echo_server, tensorwire_server
+from tensorwire.launcher import ServerProcess, echo_server, tensorwire_server
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 MiB = 2**20

@@ -196,3 +196,10 @@ def serve(settings: ServerSettings, quiet: bool = False) -> int:
     if not quiet:
         print(report.line(), flush=True)
     return 0
+
+
+def serve_worker(settings: ServerSettings, index: int) -> None:
+    """One process of ``--workers N`` (started by tensorwire.server.workers): log with its index, serve."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")
+    raise SystemExit(serve(settings, quiet=True))
