@@ -294,7 +294,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--p99", action="store_true",
                         help="also measure a small-request client's p99, idle and while another process sends "
                         "the case (3 times, and for at least 3 s)")
-    parser.add_argument("--out", type=Path, help="directory for memory.json and memory.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for memory.json and memory.md (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
