@@ -18,11 +18,15 @@ from tensorwire.fastpath import load_codec
 from tensorwire.server.affinity import pin_process
 from tensorwire.server.allocator import keep_large_blocks
 from tensorwire.server.grpc_service import InferenceServicer
+from tensorwire.server.operations import Operations
 from tensorwire.server.repository import ModelRepository
 from tensorwire.server.security import interceptors, loopback_only, server_credentials
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.server")
+# grpc.health.v1 service that is SERVING while the process runs, whatever its models do: Kubernetes'
+# liveness probe (deploy/), which must not restart a pod because one model failed to load.
+LIVENESS_SERVICE = "tensorwire.live"
 
 
 def _add_to_pool(file_descriptor) -> None:
@@ -44,6 +48,7 @@ class TensorwireServer:
         self.repository = ModelRepository(settings)
         self.servicer = InferenceServicer(self.repository, self.codec)
         self.health = health.HealthServicer()
+        self.ops = Operations(settings, self.repository)  # metrics endpoint, repository polling
         self._grpc: grpc.Server | None = None
         self.port = 0
 
@@ -55,6 +60,7 @@ class TensorwireServer:
         if s.malloc_tuning:
             tuned = keep_large_blocks()
             log.info("malloc: %s", "large blocks kept for reuse" if tuned else "not tuned (not glibc)")
+        self.ops.before_load()
         self.repository.load_all()
         self._check_startup_loads()
         server = self._grpc_server()
@@ -65,14 +71,16 @@ class TensorwireServer:
         self.refresh_health()
         if s.port_file:
             s.port_file.write_text(str(self.port))
+        self.ops.after_listen()
         return self
 
     def _check_startup_loads(self) -> None:
         """Mode none cannot load a model later, so a failure at start stops the server (Triton's
         --exit-on-error) unless --no-exit-on-error says to serve the others."""
         failed = self.repository.startup_failures
-        if failed and self.settings.model_control_mode == "none" and self.settings.exit_on_error:
+        if failed and self.settings.model_control_mode != "explicit" and self.settings.exit_on_error:
             self.repository.close()
+            self.ops.close()
             raise ModelLoadError(f"model(s) {', '.join(failed)} failed to load at start (reasons above); "
                                  "fix the repository, or pass --no-exit-on-error to serve the other models")
 
@@ -118,16 +126,19 @@ class TensorwireServer:
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set("", status)
         self.health.set(pb.SERVICE_NAME, status)
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new RPCs, let those in flight finish (up to ``grace`` seconds), then close."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
+        self.ops.stop()
         self.servicer.draining.set()
         self.health.enter_graceful_shutdown()
         if self._grpc is not None:
             self._grpc.stop(grace).wait(grace + 5)
             self._grpc = None
         self.repository.close()
+        self.ops.close()
 
     def wait(self) -> None:
         if self._grpc is not None:

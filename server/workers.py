@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tensorwire.server.affinity import share_for_worker, usable_cpus
+from tensorwire.server.logs import configure_logging, event
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.workers")
@@ -44,9 +45,14 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
 def _worker_main(settings: ServerSettings, index: int) -> None:
     from tensorwire.server.app import serve
 
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")
+    configure_logging(settings.log_format, settings.log_level, worker=index)
     raise SystemExit(serve(settings, quiet=True))
+
+
+def worker_metrics(settings: ServerSettings, tmp: Path, index: int) -> dict:
+    """A worker's metrics settings: its own endpoint on a free loopback port, which the parent's endpoint
+    (tensorwire.server.metrics.WorkerAggregate) reads and sums; the operator sees only the parent's."""
+    return {"metrics_address": "127.0.0.1", "metrics_port": 0, "metrics_port_file": tmp / f"worker-{index}.metrics"}
 
 
 def serve_workers(settings: ServerSettings) -> int:
@@ -65,9 +71,10 @@ def serve_workers(settings: ServerSettings) -> int:
             child = dataclasses.replace(
                 settings, grpc_port=port, reuse_port=True, workers=1, cpu_affinity=cpus,
                 session_cpus=max(1, (len(settings.cpu_affinity) or usable_cpus()) // n) if shared else 0,
-                port_file=Path(tmp) / f"worker-{i}.port")
+                port_file=Path(tmp) / f"worker-{i}.port", **worker_metrics(settings, Path(tmp), i))
             p = ctx.Process(target=_worker_main, args=(child, i), name=f"tensorwire-worker-{i}")
             p.start()
+            event(log, "worker_started", "worker %d started (pid %d)", i, p.pid, worker=i, pid=p.pid)
             procs.append((p, child.port_file))
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not all(f.exists() for _, f in procs):
@@ -75,7 +82,11 @@ def serve_workers(settings: ServerSettings) -> int:
                 break
             time.sleep(0.05)
         started = all(f.exists() for _, f in procs)
+        metrics = None
         if started:
+            from tensorwire.server.metrics import start_parent_metrics
+
+            metrics = start_parent_metrics(settings, [Path(tmp) / f"worker-{i}.metrics" for i in range(n)])
             if settings.port_file:
                 settings.port_file.write_text(str(port))
             print(f"tensorwire: serving on {settings.host}:{port} with {n} worker processes "
@@ -96,6 +107,10 @@ def serve_workers(settings: ServerSettings) -> int:
                 p.kill()
                 p.join()
             codes.append(p.exitcode)
+            event(log, "worker_exited", "worker %d (pid %d) exited with %s", len(codes) - 1, p.pid, p.exitcode,
+                  worker=len(codes) - 1, pid=p.pid, code=p.exitcode)
+        if metrics is not None:
+            metrics.close()
     ok = started and stop.is_set() and all(c == 0 for c in codes)
     print(f"tensorwire: workers exited with {codes}" + ("; stopped cleanly" if ok else ""), flush=True)
     return 0 if ok else 1
