@@ -18,6 +18,7 @@ from tensorwire.fastpath import load_codec
 from tensorwire.server.affinity import pin_process
 from tensorwire.server.allocator import keep_large_blocks
 from tensorwire.server.grpc_service import InferenceServicer
+from tensorwire.server.logs import event
 from tensorwire.server.operations import Operations
 from tensorwire.server.repository import ModelRepository
 from tensorwire.server.security import interceptors, loopback_only, server_credentials
@@ -163,8 +164,10 @@ def serve(settings: ServerSettings, quiet: bool = False) -> int:
               f"(fastpath: {server.codec.name}; models ready: {models})", flush=True)
     while not stop.wait(0.5):
         server.refresh_health()
-    log.info("%s received: draining (grace %.1fs)", received[0] if received else "stop", settings.shutdown_grace_s)
+    event(log, "server_draining", "%s received: draining (grace %.1fs)", received[0] if received else "stop",
+          settings.shutdown_grace_s, signal=received[0] if received else "stop", grace_s=settings.shutdown_grace_s)
     server.stop()
+    event(log, "server_stopped", "stopped", port=server.port)
     if not quiet:
         print("tensorwire: stopped cleanly", flush=True)
     return 0

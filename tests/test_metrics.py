@@ -3,6 +3,7 @@ the histograms, process metrics, port 0 and a taken port, and one scrape across 
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -67,6 +68,11 @@ def test_triton_metrics_count_what_was_sent(repo):
         assert sample(m, "process_resident_memory_bytes") > 0
     log = s.log()
     assert "plaintext HTTP, no authentication" in log
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]  # --log-format json
+    names = [e.get("event") for e in events]
+    for name in ("metrics_started", "model_loaded", "server_draining", "server_stopped"):
+        assert name in names, name
+    assert next(e for e in events if e.get("event") == "model_loaded")["model"] == "add_sub"
     assert '"event": "request"' in log and '"request_id": "req-7"' in log and '"status": "OK"' in log
     assert '"status": "INVALID_ARGUMENT"' in log
 
