@@ -65,30 +65,31 @@ def _wait_live(address: str, proc: subprocess.Popen, log_path: Path, deadline: f
 @contextlib.contextmanager
 def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None = None,
            check_exit: bool = True, stop_timeout_s: float = 30.0, tls: TLS | None = None,
-           headers: dict | None = None) -> Iterator[ServerProcess]:
+           headers: dict | None = None, python: str | None = None) -> Iterator[ServerProcess]:
     """Run ``python <args> --port-file F`` (a server on port 0), wait until it is live, SIGTERM it on exit.
 
     Its port file and log go to ``workdir`` if given (kept), else to a temporary directory removed on exit;
     ``ServerProcess.log()`` still answers after that. ``tls`` and ``headers`` are what a client needs to
-    reach a server started with TLS or restricted protocols.
+    reach a server started with TLS or restricted protocols; ``python`` runs another installation.
     """
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tensorwire-"))
-        yield from _launch(args, Path(workdir), env, check_exit, stop_timeout_s, tls, headers)
+        yield from _launch([python or sys.executable, *args], Path(workdir), env, check_exit, stop_timeout_s, tls,
+                           headers)
 
 
-def _launch(args: Sequence[str], workdir: Path, env: dict | None, check_exit: bool,
+def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit: bool,
             stop_timeout_s: float, tls: TLS | None, headers: dict | None) -> Iterator[ServerProcess]:
     stamp = f"{os.getpid()}-{time.monotonic_ns()}"
     port_file = workdir / f"port-{stamp}"
     metrics_file = workdir / f"metrics-port-{stamp}"
     log_path = workdir / f"server-{stamp}.log"
     server = None
-    if "serve" in args:  # its metrics port too: servers side by side never collide on 8002
-        args = [*args, "--metrics-port-file", str(metrics_file)]
+    if "serve" in command and "--metrics-port" in command:  # where its metrics port went (with port 0)
+        command = [*command, "--metrics-port-file", str(metrics_file)]
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, *args, "--port-file", str(port_file)], stdout=log_file,
+        proc = subprocess.Popen([*command, "--port-file", str(port_file)], stdout=log_file,
                                 stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import descriptor_pb2
@@ -38,6 +39,44 @@ def _add_to_pool(file_descriptor) -> None:
         proto = descriptor_pb2.FileDescriptorProto()
         file_descriptor.CopyToProto(proto)
         pb.POOL.Add(proto)
+
+
+def grpc_options(s: ServerSettings) -> list[tuple[str, int]]:
+    """grpcio channel arguments for the server's message, connection and keepalive settings."""
+    options = [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
+        ("grpc.so_reuseport", 1 if s.reuse_port else 0),
+        ("grpc.max_concurrent_streams", s.grpc_max_concurrent_streams),
+        ("grpc.keepalive_time_ms", s.grpc_keepalive_time),
+        ("grpc.keepalive_timeout_ms", s.grpc_keepalive_timeout),
+        ("grpc.keepalive_permit_without_calls", int(s.grpc_keepalive_permit_without_calls)),
+        ("grpc.http2.max_pings_without_data", s.grpc_http2_max_pings_without_data),
+        ("grpc.http2.min_ping_interval_without_data_ms", s.grpc_http2_min_recv_ping_interval_without_data),
+        ("grpc.http2.max_ping_strikes", s.grpc_http2_max_ping_strikes),
+    ]
+    for key, value in (("grpc.max_connection_age_ms", s.grpc_max_connection_age),
+                       ("grpc.max_connection_age_grace_ms", s.grpc_max_connection_age_grace),
+                       ("grpc.max_connection_idle_ms", s.grpc_max_connection_idle)):
+        if value > 0:
+            options.append((key, value))
+    return options
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What a graceful stop did to the inference requests in flight when it began."""
+
+    in_flight: int
+    cut: int
+    grace_s: float
+
+    def line(self) -> str:
+        if self.cut == 0:
+            return f"tensorwire: stopped cleanly ({self.in_flight} request(s) in flight at the stop, all completed)"
+        return (f"tensorwire: stopped; of {self.in_flight} request(s) in flight at the stop, "
+                f"{max(self.in_flight - self.cut, 0)} completed and {self.cut} were cut by the "
+                f"{self.grace_s:g} s grace (--shutdown-grace)")
 
 
 class TensorwireServer:
@@ -87,14 +126,9 @@ class TensorwireServer:
 
     def _grpc_server(self) -> grpc.Server:
         s = self.settings
-        options = [
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 1 if s.reuse_port else 0),
-        ]
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=s.handler_threads, thread_name_prefix="tensorwire-rpc"),
-            options=options,
+            futures.ThreadPoolExecutor(max_workers=s.handler_thread_count, thread_name_prefix="tensorwire-rpc"),
+            options=grpc_options(s),
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
             interceptors=interceptors(s),
         )
@@ -129,17 +163,21 @@ class TensorwireServer:
         self.health.set(pb.SERVICE_NAME, status)
         self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace: float | None = None) -> None:
-        """Refuse new RPCs, let those in flight finish (up to ``grace`` seconds), then close."""
+    def stop(self, grace: float | None = None) -> ShutdownReport:
+        """Refuse new RPCs, let those in flight finish (up to ``grace`` seconds), then close; say how it went."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         self.ops.stop()
         self.servicer.draining.set()
         self.health.enter_graceful_shutdown()
+        started, finished = self.servicer.in_flight.snapshot()
         if self._grpc is not None:
             self._grpc.stop(grace).wait(grace + 5)
             self._grpc = None
+        still_started, still_finished = self.servicer.in_flight.snapshot()
+        cut = still_started - still_finished  # grpc cancelled these when the grace ran out
         self.repository.close()
         self.ops.close()
+        return ShutdownReport(in_flight=started - finished, cut=cut, grace_s=grace)
 
     def wait(self) -> None:
         if self._grpc is not None:
@@ -166,8 +204,8 @@ def serve(settings: ServerSettings, quiet: bool = False) -> int:
         server.refresh_health()
     event(log, "server_draining", "%s received: draining (grace %.1fs)", received[0] if received else "stop",
           settings.shutdown_grace_s, signal=received[0] if received else "stop", grace_s=settings.shutdown_grace_s)
-    server.stop()
-    event(log, "server_stopped", "stopped", port=server.port)
+    report = server.stop()
+    event(log, "server_stopped", "%s", report.line(), port=server.port, in_flight=report.in_flight, cut=report.cut)
     if not quiet:
-        print("tensorwire: stopped cleanly", flush=True)
+        print(report.line(), flush=True)
     return 0

@@ -111,9 +111,12 @@ def check_settings(s: ServerSettings) -> None:
     if s.workers < 1:
         raise SettingsError(f"--workers must be at least 1, got {s.workers}")
     for name in ("limit_instance_count", "limit_thread_count", "limit_max_batch_size", "limit_queue_size",
-                 "limit_queue_delay_us", "limit_warmup_mb", "max_message_mb", "handler_threads"):
+                 "limit_queue_delay_us", "limit_warmup_mb", "max_message_mb", "max_concurrent_rpcs",
+                 "grpc_max_concurrent_streams"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
+    if s.handler_threads < 0:
+        raise SettingsError(f"--handler-threads must be 0 (one per admitted call) or more, got {s.handler_threads}")
     from tensorwire.server.affinity import check_cpus
     from tensorwire.server.security import check_restricted_protocols, check_tls_settings
 

@@ -37,6 +37,27 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
 
+class InFlight:
+    """Inference requests being served, counted so that shutdown can say what its grace let finish."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = 0
+        self.finished = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.started += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.finished += 1
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self.started, self.finished
+
+
 class InferenceServicer:
     """Handlers of every RPC; ``draining`` flips on shutdown so new work is refused."""
 
@@ -45,6 +66,7 @@ class InferenceServicer:
         self.codec = codec
         self.draining = threading.Event()
         self.started = threading.Event()
+        self.in_flight = InFlight()
 
     # -- health ------------------------------------------------------------------------------
     def is_ready(self) -> bool:
@@ -149,7 +171,8 @@ class InferenceServicer:
                 yield self.codec.encode_stream_response(None, DRAINING)
                 return
             try:
-                answer = self.codec.encode_stream_response(self._infer(request_bytes, call))
+                with self.in_flight:
+                    answer = self.codec.encode_stream_response(self._infer(request_bytes, call))
             except RequestError as exc:
                 yield self.codec.encode_stream_response(None, str(exc))
                 continue
@@ -176,7 +199,8 @@ class InferenceServicer:
 
         def infer(request_bytes: bytes, context):
             try:
-                return self.model_infer(request_bytes, context)
+                with self.in_flight:
+                    return self.model_infer(request_bytes, context)
             except Exception as exc:
                 _abort(context, exc)
 

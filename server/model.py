@@ -38,18 +38,22 @@ _NO_DEADLINE_S = 1e9
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """The caller of one request: ``deadline`` is a time.monotonic() instant (None: no deadline) and
-    ``is_active`` tells whether the caller still waits (None: always)."""
+    """The caller of one request: ``deadline`` is a time.monotonic() instant (None: no deadline),
+    ``is_active`` tells whether the caller still waits (None: always), ``on_end`` (optional) calls back when
+    the call ends."""
 
     deadline: float | None = None
     is_active: Callable[[], bool] | None = None
+    # Registers a function to run when the call ends (cancelled, timed out or answered); returns False if it
+    # already ended. What lets a request queued in a batcher leave at once when its client goes away.
+    on_end: Callable[[Callable[[], None]], bool] | None = None
 
     @classmethod
     def of_grpc(cls, context) -> Call:
         """The caller behind a grpcio ``ServicerContext``."""
         remaining = context.time_remaining()
         deadline = None if remaining is None or remaining > _NO_DEADLINE_S else time.monotonic() + remaining
-        return cls(deadline, context.is_active)
+        return cls(deadline, context.is_active, context.add_callback)
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None without a deadline."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from tensorwire.errors import DeadlineExceeded, Internal, RequestError, ResourceExhausted, Unavailable
+from tensorwire.errors import Cancelled, DeadlineExceeded, Internal, RequestError, ResourceExhausted, Unavailable
 from tensorwire.server.session import Runner
 from tensorwire.server.settings import ServerSettings
 from tensorwire.server.statistics import ModelStatistics, RequestTimes
@@ -64,7 +64,8 @@ class Scheduler(Protocol):
 
 
 def _expired(model: str) -> DeadlineExceeded:
-    return DeadlineExceeded(f"deadline passed while the request waited for model '{model}'; nothing was computed")
+    return DeadlineExceeded(f"deadline passed (or the call was cancelled) while the request waited for model "
+                            f"'{model}'; nothing was computed")
 
 
 class DirectScheduler:
@@ -87,7 +88,7 @@ class DirectScheduler:
             raise _expired(self.name) from None
         try:
             t1 = time.perf_counter_ns()
-            if call.expired():
+            if call.gone():  # timed out or cancelled (a shutdown's grace ran out, say) while it waited
                 raise _expired(self.name)
             outputs = runner(prep.feeds, prep.output_names)
             t2 = time.perf_counter_ns()
@@ -185,6 +186,8 @@ class DynamicBatcher:
                 runner = self._idle.pop()  # idle batcher: this thread leads the batch
             else:
                 self._cond.notify_all()
+        if call.on_end is not None and not call.on_end(lambda: self._caller_left(item)):
+            self._caller_left(item)  # the call had already ended
         if runner is not None:
             self._form_and_run(runner)
         if not item.done.wait(call.remaining()):
@@ -199,6 +202,20 @@ class DynamicBatcher:
             raise item.error
         assert item.result is not None
         return item.result
+
+    def _caller_left(self, item: _Pending) -> None:
+        """The call ended (cancelled or timed out; or answered, then this does nothing): a request still
+        queued leaves the queue now and frees its caller's thread, instead of when the next batch forms."""
+        with self._cond:
+            if item.taken or item.done.is_set():
+                return
+            try:
+                self._queue.remove(item)
+            except ValueError:
+                return
+            self._cond.notify_all()  # a thread forming a batch around it looks again
+        item.finish(error=Cancelled(f"the call ended while its request waited in model '{self.name}''s queue; "
+                                    "nothing was computed"))
 
     # -- batch side --------------------------------------------------------------------------
     def _drop_dead(self) -> None:

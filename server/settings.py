@@ -140,8 +140,39 @@ class ServerSettings:
     max_message_mb: float = setting(
         64.0, help="largest request and response in MiB (the default fits a batch of 64 3x224x224 FP32 images)")
     handler_threads: int = setting(
-        64, help="threads running RPC handlers; a request waiting in a batcher queue holds one")
-    max_concurrent_rpcs: int = setting(1024, help="RPCs admitted at once; more are answered RESOURCE_EXHAUSTED")
+        0, shown="0: as many as --max-concurrent-rpcs",
+        help="threads running RPC handlers. A call holds one from its start, also while its client is still "
+        "sending the request or its stream is idle, and while it waits in a batcher queue; with one per admitted "
+        "call, stalled clients never starve the others (docs/resilience.md)")
+    max_concurrent_rpcs: int = setting(
+        1024, help="RPCs admitted at once, counted from the moment a call starts (stalled ones too); more are "
+        "answered RESOURCE_EXHAUSTED")
+    # -- connections (Triton's flag names and units where Triton has them; docs/resilience.md) ----------------
+    grpc_max_concurrent_streams: int = setting(
+        128, help="calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): what one "
+        "stalled connection can take from the admission bound")
+    grpc_keepalive_time: int = setting(
+        7_200_000, metavar="MS", help="milliseconds between keepalive pings the server sends on a connection")
+    grpc_keepalive_timeout: int = setting(
+        20_000, metavar="MS", help="milliseconds to wait for a keepalive ping's answer before closing the connection")
+    grpc_keepalive_permit_without_calls: bool = setting(
+        False, optional_bool=True, help="allow keepalive pings on connections with no call in flight")
+    grpc_http2_max_pings_without_data: int = setting(
+        2, help="pings the server sends without data before it stops pinging (0: no limit)")
+    grpc_http2_min_recv_ping_interval_without_data: int = setting(
+        300_000, metavar="MS", help="least milliseconds between a client's pings without data; faster ones are strikes")
+    grpc_http2_max_ping_strikes: int = setting(
+        2, help="bad pings tolerated before the connection is closed (0: no limit)")
+    grpc_max_connection_age: int = setting(
+        0, metavar="MS", shown="0: no limit",
+        help="milliseconds after which a connection is asked to close (GOAWAY); clients reconnect, which also "
+        "spreads them over replicas behind a load balancer")
+    grpc_max_connection_age_grace: int = setting(
+        0, metavar="MS", shown="0: no limit",
+        help="milliseconds a connection past its age gets to finish its calls before it is closed, stalled calls "
+        "included")
+    grpc_max_connection_idle: int = setting(
+        0, metavar="MS", shown="0: no limit", help="milliseconds a connection without calls stays open")
     max_queue_size: int = setting(
         1024, help="requests a dynamic batcher queues before RESOURCE_EXHAUSTED, unless the model's config sets "
         "dynamic_batching.default_queue_policy.max_queue_size")
@@ -203,6 +234,10 @@ class ServerSettings:
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_mb * 2**20)
+
+    @property
+    def handler_thread_count(self) -> int:
+        return self.handler_threads or self.max_concurrent_rpcs
 
     @property
     def tls(self) -> bool:

@@ -192,7 +192,7 @@ def test_two_workers_serve_and_stop_cleanly(tmp_path):
             np.testing.assert_array_equal(_add_sub(c, a, a).as_numpy("OUTPUT0"), 2 * a)
             c.close()
         assert "with 2 worker processes" in s.log()
-    assert "workers exited with [0, 0]; stopped cleanly" in s.log()
+    assert "workers exited with [0, 0] after 0 replacement(s); stopped cleanly" in s.log()
     # each worker sizes ORT to its share of the cores, as its default (not as a count the operator set)
     share = max(1, usable_cpus() // 2)
     assert s.log().count(f"{share} intra-op thread(s) each (") == 2

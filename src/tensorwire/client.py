@@ -97,15 +97,17 @@ class InferenceClient:
 
     def __init__(self, address: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  timeout: float | None = None, tls: TLS | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, options: Sequence[tuple] = ()) -> None:
         """``tls``: TLS or mutual TLS (see :class:`TLS`); ``headers``: gRPC metadata sent with every call,
-        e.g. ``{"triton-grpc-protocol-admin-key": "..."}`` for a server with restricted protocols."""
+        e.g. ``{"triton-grpc-protocol-admin-key": "..."}`` for a server with restricted protocols;
+        ``options``: more grpcio channel arguments (keepalive, a connection of its own, ...)."""
         self.address = address
         self.timeout = timeout
         self._headers = tuple((k.lower(), v) for k, v in (headers or {}).items()) or None
         self._channel = open_channel(address, tls=tls, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            *options,
         ])
 
         def method(name: str, response_cls=None):
