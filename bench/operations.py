@@ -2,7 +2,6 @@
 change in a polled repository takes to serve.
 
     python -m tensorwire.bench.operations metrics --out bench/results/metrics
-    python -m tensorwire.bench.operations metrics-inprocess --out bench/results/metrics
     python -m tensorwire.bench.operations metrics-designs --out bench/results/metrics
     python -m tensorwire.bench.operations poll --out bench/results/poll
 
@@ -59,6 +58,12 @@ def _repository(root: Path) -> Path:
     return root
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _scraper(url: str, stop: threading.Event, period_s: float) -> None:
     while not stop.wait(period_s):
         with urllib.request.urlopen(url, timeout=10) as resp:
@@ -70,7 +75,9 @@ def run_metrics_cost(rounds: int, seconds: float, concurrency: int) -> dict[str,
     request = encode("add_sub", {n: ("FP32", np.ones((1, 16), np.float32)) for n in ("INPUT0", "INPUT1")})
     with tempfile.TemporaryDirectory() as tmp:
         repo = _repository(Path(tmp) / "models")
-        with tensorwire_server(repo, "--allow-metrics=false") as off, tensorwire_server(repo) as on:
+        # one intra-op thread each: the load-time thread choice is timed, and must not differ between the two
+        fixed = ("--intra-op-threads", "1", "--inter-op-threads", "1")
+        with tensorwire_server(repo, "--allow-metrics=false", *fixed) as off, tensorwire_server(repo, *fixed) as on:
             arms: dict[str, list[dict]] = {"off": [], "on": []}
             for r in range(rounds):
                 for arm in (("off", "on") if r % 2 == 0 else ("on", "off")):
@@ -81,10 +88,12 @@ def run_metrics_cost(rounds: int, seconds: float, concurrency: int) -> dict[str,
                         scraper.start()
                     s = LoadSettings(target=server.address, model="add_sub", duration_s=seconds, warmup_s=0.5,
                                      processes=1, progress=False)
+                    cpu0 = _cpu_s(server.process.pid)
                     level = run_level(s, request, "closed", concurrency=concurrency)
+                    cpu = _cpu_s(server.process.pid) - cpu0  # warm-up requests included in both arms alike
                     stop.set()
                     arms[arm].append({"p50_ms": level["latency"]["p50_ms"], "rps": level["throughput_rps"],
-                                      "errors": level["errors"]})
+                                      "errors": level["errors"], "server_cpu_us_per_request": 1e6 * cpu / level["ok"]})
     out: dict[str, Any] = {"rounds": arms, "concurrency": concurrency, "seconds_per_round": seconds}
     for arm in ("off", "on"):
         out[f"{arm}_p50_ms"] = statistics.median(x["p50_ms"] for x in arms[arm])
@@ -96,50 +105,21 @@ def run_metrics_cost(rounds: int, seconds: float, concurrency: int) -> dict[str,
         a["p50_ms"] / b["p50_ms"] for a, b in zip(arms["on"], arms["off"])) - 1)
     out["median_paired_throughput_change_pct"] = 100 * (statistics.median(
         a["rps"] / b["rps"] for a, b in zip(arms["on"], arms["off"])) - 1)
+    for arm in ("off", "on"):  # server CPU per request: what a shared machine's other load disturbs least
+        out[f"{arm}_server_cpu_us_per_request"] = statistics.median(x["server_cpu_us_per_request"] for x in arms[arm])
+    on_cpu, off_cpu = out["on_server_cpu_us_per_request"], out["off_server_cpu_us_per_request"]
+    out["server_cpu_change_pct"] = 100 * (on_cpu / off_cpu - 1)
     return out
 
 
-def run_metrics_inprocess(blocks: int, per_block: int) -> dict[str, Any]:
-    """The hot path alone: ``Model.infer`` on two loaded copies of add_sub, one counting into the histograms
-    (metrics on) and one not, in alternating blocks in one process; per-call medians of the blocks."""
-    from tensorwire.proto.messages import InferRequest, InputTensor, RequestedOutput
-    from tensorwire.server.repository import ModelRepository
-    from tensorwire.server.settings import ServerSettings
-
-    x = np.ones((1, 16), np.float32).tobytes()
-    request = InferRequest(model_name="add_sub", inputs=[InputTensor("INPUT0", "FP32", (1, 16)),
-                                                         InputTensor("INPUT1", "FP32", (1, 16))],
-                           outputs=[RequestedOutput("OUTPUT0"), RequestedOutput("OUTPUT1")], raw_input_contents=[x, x])
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = _repository(Path(tmp) / "models")
-        models = {}
-        for arm, on in (("off", False), ("on", True)):
-            r = ModelRepository(ServerSettings(model_repository=repo, allow_metrics=on, intra_op_threads=1))
-            models[arm] = (r, r.load("add_sub").latest())
-        per_call: dict[str, list[float]] = {"off": [], "on": []}
-        for b in range(blocks):
-            for arm in (("off", "on") if b % 2 == 0 else ("on", "off")):
-                model = models[arm][1]
-                t0 = time.perf_counter_ns()
-                for _ in range(per_block):
-                    model.infer(request)
-                per_call[arm].append((time.perf_counter_ns() - t0) / per_block / 1000)
-        for r, _ in models.values():
-            r.close()
-    ratios = [on / off for on, off in zip(per_call["on"], per_call["off"])]
-    return {"blocks": blocks, "calls_per_block": per_block, "off_us_per_call": statistics.median(per_call["off"]),
-            "on_us_per_call": statistics.median(per_call["on"]), "median_paired_change_pct":
-            100 * (statistics.median(ratios) - 1), "per_block_us": per_call}
-
-
 _DESIGN_SNIPPET = """
-import os, sys, timeit
+import os, sys, time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from tensorwire.server.statistics import LATENCY_BUCKETS_US, ModelStatistics, RequestTimes
 mode = sys.argv[1]
 n = int(sys.argv[2])
-if mode == "tensorwire":
-    s = ModelStatistics(histograms=True)
+if mode.startswith("tensorwire"):
+    s = ModelStatistics(histograms=mode == "tensorwire")
     t = RequestTimes(1000, 2000, 30000, 4000)
     def one():
         s.begin(); s.record_success(1, 150000, t); s.record_execution(1, t)
@@ -153,19 +133,27 @@ else:
             c.inc()
         for h in hists:
             h.observe(1234)
-print(min(timeit.repeat(one, number=n, repeat=5)) / n * 1e9)
+blocks = []
+for _ in range(10):  # this thread's CPU time: other processes on a shared machine do not count
+    t0 = time.thread_time_ns()
+    for _ in range(n // 10):
+        one()
+    blocks.append((time.thread_time_ns() - t0) / (n // 10))
+print(min(blocks))
 """
 
 
 def run_metrics_designs(calls: int) -> dict[str, Any]:
-    """Per-request cost of three ways to count a request for Prometheus, each in a fresh interpreter:
-    tensorwire's (the statistics it keeps anyway, plus bucket counts), prometheus-client's metric objects
-    (8 counters + 4 histograms, as Triton's set needs), and the same in multiprocess mode (mmapped files)."""
+    """Per-request CPU cost (this thread's CPU time, best of 10 blocks) of three ways to count a request for
+    Prometheus, each in a fresh interpreter: tensorwire's (the statistics it keeps anyway, plus bucket
+    counts; also without the buckets, i.e. metrics off), prometheus-client's metric objects (8 counters + 4
+    histograms, as Triton's set needs), and the same in multiprocess mode (mmapped files)."""
     import subprocess
 
     out: dict[str, Any] = {"calls": calls}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, mode, env in (("tensorwire_statistics", "tensorwire", {}),
+        for name, mode, env in (("tensorwire_statistics_metrics_off", "tensorwire-off", {}),
+                                ("tensorwire_statistics", "tensorwire", {}),
                                 ("prometheus_client", "client", {}),
                                 ("prometheus_client_multiprocess", "client", {"PROMETHEUS_MULTIPROC_DIR": tmp})):
             done = subprocess.run([sys.executable, "-c", _DESIGN_SNIPPET, mode, str(calls)], capture_output=True,
@@ -213,10 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--seconds", type=float, default=5.0, help="seconds per round (default 5)")
     m.add_argument("--concurrency", type=int, default=4, help="closed-loop callers (default 4)")
     m.add_argument("--out", type=Path, required=True, help="directory for metrics.json")
-    i = sub.add_parser("metrics-inprocess", help="Model.infer per call with histograms on vs off, in one process")
-    i.add_argument("--blocks", type=int, default=20, help="alternating blocks per arm (default 20)")
-    i.add_argument("--calls", type=int, default=2000, help="calls per block (default 2000)")
-    i.add_argument("--out", type=Path, required=True, help="directory for metrics-inprocess.json")
     d = sub.add_parser("metrics-designs", help="per-request cost of three ways to count for Prometheus")
     d.add_argument("--calls", type=int, default=100_000, help="timed calls per design (default 100000)")
     d.add_argument("--out", type=Path, required=True, help="directory for metrics-designs.json")
@@ -230,8 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         result = run_metrics_cost(args.rounds, args.seconds, args.concurrency)
     elif args.what == "metrics-designs":
         result = run_metrics_designs(args.calls)
-    elif args.what == "metrics-inprocess":
-        result = run_metrics_inprocess(args.blocks, args.calls)
     else:
         result = run_poll_delay([float(x) for x in args.periods.split(",")], args.changes)
     result["command"] = "python -m tensorwire.bench.operations " + " ".join(argv if argv is not None else sys.argv[1:])
