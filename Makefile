@@ -1,8 +1,15 @@
 # The README's two commands: `make demo` and `make test`. Both build a virtual environment in .venv
-# from scratch if it is missing and install tensorwire into it (a real, non-editable install).
+# from scratch if it is missing and install tensorwire into it (a real, non-editable install), again
+# only when a source file, pyproject.toml or setup.py changed since the last install (a stamp file in
+# the venv records it), so a second `make demo` starts the demo at once.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+
+# What the installed package is built from. Generated files (fastpath/_wire.c, proto/inference.binpb) are
+# left out: the install itself writes them.
+SOURCES := $(shell find src server fastpath export proto bench -name '*.py' -o -name '*.pyx' -o -name '*.pxd' \
+             -o -name '*.proto' 2>/dev/null) pyproject.toml setup.py
 
 .PHONY: demo test lint clean
 
@@ -10,12 +17,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-demo: $(BIN)/python
+$(VENV)/.installed-demo: $(SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install -q ".[cpu,export]"
+	touch $@
+
+$(VENV)/.installed-test: $(SOURCES) | $(BIN)/python
+	$(BIN)/python -m pip install -q ".[cpu,export,bench,test]"
+	touch $@
+
+demo: $(VENV)/.installed-demo
 	$(BIN)/tensorwire demo
 
-test: $(BIN)/python
-	$(BIN)/python -m pip install -q ".[cpu,export,bench,test]"
+test: $(VENV)/.installed-test
 	$(BIN)/pytest
 
 lint: $(BIN)/python
@@ -23,4 +36,4 @@ lint: $(BIN)/python
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info proto/inference.binpb fastpath/_wire.c fastpath/_wire*.so model_repository
+	rm -rf $(VENV) build dist *.egg-info proto/inference.binpb fastpath/_wire.c fastpath/_wire*.so model_repository

@@ -16,14 +16,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from tensorwire.bench.fastpath_e2e import MODELS
-from tensorwire.bench.processes import launch
 from tensorwire.bench.report import write_rows
 from tensorwire.bench.stats import percentile_ms
 from tensorwire.bench.timing import fixed_count, measure
 from tensorwire.client import InferenceClient, encode_request
+from tensorwire.launcher import launch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import onnx  # here, not at the top: `tensorwire --help` must not need it
+
     with tempfile.TemporaryDirectory(prefix="tensorwire-ab-") as tmp:
         repo = Path(tmp) / "models"
         for name, (make, _, _) in MODELS.items():

@@ -2,7 +2,7 @@
 views, and misaligned views copied first, for the two benchmark models.
 
 Raw inputs decoded by the Cython codec are views into the request bytes and start wherever the field
-sits in the message, usually not on a 4-byte boundary. ``python -m tensorwire.bench.alignment``
+sits in the message, usually not on a 4-byte boundary. ``tensorwire bench alignment``
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ def measure() -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``tensorwire bench alignment`` has no flags: it prints its table (bench/results/fastpath/alignment.md)."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench alignment``."""
     print("| model | input | run aligned (us) | run misaligned (us) | copy + run (us) | copy alone (us) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in measure():
         print(f"| {r['model']} | {r['input_bytes']} B | {r['aligned_us']:.1f} | {r['misaligned_us']:.1f} | "
               f"{r['copy_then_run_us']:.1f} | {r['copy_us']:.1f} |")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,31 +8,39 @@ generator at concurrency 1, 8 and 32:
 - ``mlp_small``: 512-1024-1024-10. gRPC dominates; batching should cost nothing.
 - ``distilbert``: DistilBERT-base (random weights) at sequence length 32, exported by tensorwire.export.
 
-``python -m tensorwire.bench.batching --out bench/results/batching [--duration S] [--quick]``
+``tensorwire bench batching --out bench/results/batching [--duration S] [--quick]``
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
+from tensorwire.bench import arguments
 from tensorwire.bench.fastpath_e2e import mlp_model
 from tensorwire.bench.load import LoadSettings, run_load
-from tensorwire.bench.processes import tensorwire_server
 from tensorwire.bench.report import write_rows
+from tensorwire.launcher import tensorwire_server
 
+if TYPE_CHECKING:  # onnx is imported where a model is built: `tensorwire --help` must not need it
+    import onnx
+
+MODELS = ("mlp_large", "mlp_small", "distilbert")
 MAX_BATCH = 32
 QUEUE_DELAY_US = 500
 CONCURRENCY = [1, 8, 32]
 
 
 def mlp_large_model() -> onnx.ModelProto:
+    """The weight-bound MLP: batching should multiply its throughput."""
+    from onnx import TensorProto, helper, numpy_helper
+
     rng = np.random.default_rng(0)
     dims = [2048, 4096, 4096, 1000]
     nodes, inits, prev = [], [], "input"
@@ -75,6 +83,8 @@ def _add(repo: Path, name: str, model_file: Path) -> None:
 
 def build_repository(root: Path, models: list[str]) -> dict[str, dict]:
     """Model files plus an off/on pair of configs for each; returns the load shapes per model."""
+    import onnx
+
     repo = root / "models"
     shapes: dict[str, dict] = {}
     if "mlp_large" in models:
@@ -107,7 +117,7 @@ def _only(root: Path, name: str) -> Path:
     return single
 
 
-def run(out: Path | None, duration: float, models: list[str], workers: list[int]) -> list[dict]:
+def run_batching(out: Path | None, duration: float, models: list[str], workers: list[int]) -> list[dict]:
     """Runs in a temporary directory that is removed afterwards (models, logs)."""
     with tempfile.TemporaryDirectory(prefix="tensorwire-bench-") as tmp:
         return _run_in(Path(tmp), out, duration, models, workers)
@@ -167,19 +177,25 @@ def verdicts(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tensorwire bench batching``."""
+    p.add_argument("--out", type=Path, help="directory for batching.json and .md (default: print only)")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per concurrency level (default 8)")
-    p.add_argument("--models", default="mlp_large,mlp_small,distilbert")
-    p.add_argument("--workers", default="1,2")
+    p.add_argument("--models", type=arguments.name_list, default=list(MODELS),
+                   help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
+    p.add_argument("--workers", type=arguments.int_list, default=[1, 2],
+                   help="server worker processes to try, comma-separated (default 1,2)")
     p.add_argument("--quick", action="store_true", help="mlp_small only, 1 s per level, 1 worker")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench batching``: 2 on an unknown model name."""
+    models, duration, workers = args.models, args.duration, args.workers
     if args.quick:
-        args.models, args.duration, args.workers = "mlp_small", 1.0, "1"
-    run(args.out, args.duration, args.models.split(","), [int(w) for w in args.workers.split(",")])
+        models, duration, workers = ["mlp_small"], 1.0, [1]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        print(f"tensorwire bench batching: unknown model(s) {unknown}; choose from {list(MODELS)}", file=sys.stderr)
+        return 2
+    run_batching(args.out, duration, models, workers)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Codec micro-benchmark: decode and encode time per request for the Cython extension, the
 pure-Python twin and the generated protobuf classes, at payloads from 16 B to 16 MB.
 
-``python -m tensorwire.bench.codec [--out DIR] [--quick]`` prints a markdown table and writes JSON.
+``tensorwire bench codec [--out DIR] [--quick]`` prints a markdown table and writes JSON.
 Each figure is the median of repeated timings taken in one process, side by side.
 """
 
@@ -96,18 +96,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path)
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tensorwire bench codec``."""
+    p.add_argument("--out", type=Path, help="directory for codec.json and codec.md (default: print only)")
+    p.add_argument("--quick", action="store_true", help="few iterations (CI)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench codec``."""
     rows = measure(args.quick)
     table = markdown(rows)
     print(table)
     if args.out:
         write_rows(rows, table, args.out, "codec")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,6 +8,7 @@ times only mean something on one machine at one moment.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tensorwire.bench import machine
+from tensorwire.bench import arguments, machine
 from tensorwire.bench.engines import MEMORY_METHOD, available_engines
 from tensorwire.bench.prepare import parse_model
 from tensorwire.bench.progress import progress_bar
@@ -163,3 +164,79 @@ def run_compare(s: CompareSettings, write: Callable[[dict[str, Any], Path], Any]
     add_ratios(payload["results"])
     write(payload, s.out)
     return payload
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tensorwire bench compare``."""
+    from tensorwire.bench.engines import COMPILE_MODES
+
+    p.add_argument("--models", type=arguments.name_list, default=["mlp"],
+                   help=f"comma-separated built-ins ({', '.join(arguments.builtin_names())}) or "
+                   "path/to/file.py:factory (default mlp)")
+    p.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME:SHAPE:DTYPE[:LOW..HIGH]",
+                   help="an input of a file.py:factory model (repeatable; its first dim becomes --batch; default: "
+                   "none, built-ins bring their own)")
+    p.add_argument("--batch", type=arguments.int_list, default=[1, 8], help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--size", choices=("small", "full"), default="full", help="built-in size (default full)")
+    p.add_argument("--seq", type=int, default=None,
+                   help="sequence length for bert/distilbert (default: the model's own, 128 at full size)")
+    p.add_argument("--engines", type=arguments.name_list, default=None,
+                   help="subset of eager,compile,ort,ort-iobinding,ort-cuda,ort-cuda-iobinding,ort-tensorrt "
+                        "(default: all available here)")
+    p.add_argument("--compile-mode", dest="compile_modes", type=arguments.name_list, default=["default"],
+                   help=f"torch.compile modes, comma-separated, one engine each ({', '.join(COMPILE_MODES)}; "
+                   "default: default)")
+    p.add_argument("--threads", type=int, default=0, help="threads for every engine (default 0: the usable cores)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="parity tolerance vs eager (default 1e-3)")
+    p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance vs eager (default 1e-4)")
+    p.add_argument("--min-time", type=float, default=None, help="seconds of timed calls at least (default 3)")
+    p.add_argument("--max-time", type=float, default=None, help="seconds of timed calls at most (default 20)")
+    p.add_argument("--engine-timeout", type=float, default=1200.0,
+                   help="seconds before an engine's process is killed and recorded as timed out (default 1200)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep exported models and logs here (default: a temporary directory, removed)")
+    p.add_argument("--out", type=Path, required=True, help="directory for compare.json, compare.md, PNG")
+    p.add_argument("--quick", action="store_true", help="small models, few iterations (CI)")
+
+
+def _settings(args: argparse.Namespace) -> CompareSettings:
+    s = CompareSettings(models=args.models, batches=args.batch, out=args.out, compile_modes=args.compile_modes,
+                        threads=args.threads, size=args.size, seq=args.seq, inputs=args.inputs, rtol=args.rtol,
+                        atol=args.atol, engine_timeout_s=args.engine_timeout, workdir=args.workdir,
+                        keep_workdir=args.workdir is not None)
+    if args.quick:
+        quick_settings(s)
+    if args.min_time is not None:
+        s.loop.min_time_s = args.min_time
+    if args.max_time is not None:
+        s.loop.max_time_s = args.max_time
+    return s
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench compare``: 0 when every engine ran and matched eager, 1 if one did not, 2 on bad flags."""
+    from tensorwire.bench.engines import COMPILE_MODES
+    from tensorwire.bench.report import compare_markdown
+
+    bad = [m for m in args.compile_modes if m not in COMPILE_MODES]
+    if bad:
+        print(f"tensorwire bench compare: unknown compile mode(s) {bad}; choose from {COMPILE_MODES}",
+              file=sys.stderr)
+        return 2
+    s = _settings(args)
+    if args.engines:
+        known = available_engines(args.compile_modes)
+        missing = [e for e in args.engines if e not in known]
+        if missing:
+            print(f"tensorwire bench compare: engine(s) {missing} not available here; available: {known}",
+                  file=sys.stderr)
+            return 2
+        s.engines = args.engines
+    try:
+        payload = run_compare(s)
+    except ValueError as exc:
+        print(f"tensorwire bench compare: {exc}", file=sys.stderr)
+        return 2
+    print(compare_markdown(payload))
+    print(f"written: {args.out}/compare.json, compare.md, compare_latency.png")
+    return 0 if all(r.get("ok") for r in payload["results"]) else 1

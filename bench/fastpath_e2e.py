@@ -8,7 +8,7 @@ round trip alone). Rounds alternate between the servers so drift on a shared mac
 Each server's overhead is taken against an in-process session with the intra-op thread count that server
 chose for the model (its ModelConfig says which), so both sides run the model the same way.
 
-``python -m tensorwire.bench.fastpath_e2e [--requests N] [--rounds R] [--out DIR]``
+``tensorwire bench fastpath [--requests N] [--rounds R] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -16,20 +16,24 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-from tensorwire.bench.processes import echo_server, tensorwire_server
 from tensorwire.bench.report import write_rows
 from tensorwire.bench.stats import summarize
 from tensorwire.bench.timing import fixed_count, measure
 from tensorwire.client import InferenceClient, encode_request
+from tensorwire.launcher import echo_server, tensorwire_server
+
+if TYPE_CHECKING:  # onnx is imported where a model is built: `tensorwire --help` must not need it
+    import onnx
 
 
 def mlp_model() -> onnx.ModelProto:
     """512 -> 1024 -> 1024 -> 10 with ReLU: the small MLP where gRPC cost dominates."""
+    from onnx import TensorProto, helper, numpy_helper
+
     rng = np.random.default_rng(0)
     dims = [512, 1024, 1024, 10]
     nodes, inits, prev = [], [], "input"
@@ -49,6 +53,8 @@ def mlp_model() -> onnx.ModelProto:
 
 def image_model() -> onnx.ModelProto:
     """[b,3,224,224] FP32 -> per-channel mean [b,3]: an image-sized request with little compute."""
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
         [helper.make_node("ReduceMean", ["pixel_values"], ["channel_mean"], axes=[2, 3], keepdims=0)], "image",
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["b", 3, 224, 224])],
@@ -72,13 +78,14 @@ def _calls(ce, ct, cf, sessions: dict, request: bytes, input_name: str, x: np.nd
     return calls
 
 
-def run(requests: int, rounds: int, out: Path | None, server_args: list[str] = ()) -> list[dict]:
+def measure_servers(requests: int, rounds: int, out: Path | None, server_args: list[str] = ()) -> list[dict]:
     """Runs in a temporary directory that is removed afterwards (models, logs)."""
     with tempfile.TemporaryDirectory(prefix="tensorwire-bench-") as tmp:
         return _run_in(Path(tmp), requests, rounds, out, server_args)
 
 
 def _run_in(workdir: Path, requests: int, rounds: int, out: Path | None, server_args: list[str] = ()) -> list[dict]:
+    import onnx
     import onnxruntime as ort
 
     repo = workdir / "models"
@@ -142,16 +149,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tensorwire bench fastpath``."""
     p.add_argument("--requests", type=int, default=2000, help="requests per server and model (default 2000)")
     p.add_argument("--rounds", type=int, default=10, help="alternations between the servers (default 10)")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--server-arg", action="append", default=[], help="extra `tensorwire serve` flag (repeatable)")
-    args = p.parse_args(argv)
-    run(args.requests, args.rounds, args.out, args.server_arg)
+    p.add_argument("--out", type=Path, help="directory for fastpath_e2e.json and .md (default: print only)")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra `tensorwire serve` flag, e.g. --server-arg=--cpu-affinity=1 (repeatable; "
+                   "default: none)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench fastpath``."""
+    measure_servers(args.requests, args.rounds, args.out, args.server_arg)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

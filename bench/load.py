@@ -13,10 +13,12 @@ up in the figures instead of silently lowering the load (no coordinated omission
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import multiprocessing as mp
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -27,9 +29,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-from tensorwire.bench import machine
+from tensorwire.bench import arguments, machine
 from tensorwire.bench.progress import progress_bar
 from tensorwire.bench.stats import cdf_points, percentile_ms, summarize_tail
+from tensorwire.client import TLS, open_channel
 from tensorwire.server.affinity import usable_cpus
 
 SERVICE = "/inference.GRPCInferenceService"
@@ -57,6 +60,8 @@ class LoadSettings:
     seed: int = 0
     quick: bool = False
     progress: bool = True
+    tls: TLS | None = None                   # --ssl-grpc-* (perf_analyzer's flag names)
+    headers: dict[str, str] = field(default_factory=dict)       # -H KEY:VALUE, e.g. restricted-protocol keys
 
 
 def quick_settings(s: LoadSettings) -> LoadSettings:
@@ -66,9 +71,9 @@ def quick_settings(s: LoadSettings) -> LoadSettings:
 
 # ---------------------------------------------------------------- what to send
 
-def _channel(target: str, tag: int = 0) -> grpc.Channel:
+def _channel(target: str, tag: int = 0, tls: TLS | None = None, headers: dict | None = None) -> grpc.Channel:
     """A channel of its own (no shared subchannel), so each caller has its own connection."""
-    return grpc.insecure_channel(target, options=[
+    return open_channel(target, tls=tls, headers=headers, options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.use_local_subchannel_pool", 1),
@@ -76,11 +81,12 @@ def _channel(target: str, tag: int = 0) -> grpc.Channel:
     ])
 
 
-def fetch_inputs(target: str, model: str, version: str = "", timeout_s: float = 30.0) -> list[dict[str, Any]]:
+def fetch_inputs(target: str, model: str, version: str = "", timeout_s: float = 30.0, tls: TLS | None = None,
+                 headers: dict | None = None) -> list[dict[str, Any]]:
     """``[{name, datatype, shape}]`` from ModelMetadata (-1 for variable dims), the protocol's own answer."""
     from tensorwire import proto as pb
 
-    with _channel(target) as ch:
+    with _channel(target, tls=tls, headers=headers) as ch:
         call = ch.unary_unary(f"{SERVICE}/ModelMetadata", request_serializer=lambda m: m.SerializeToString(),
                               response_deserializer=pb.ModelMetadataResponse.FromString)
         try:
@@ -185,6 +191,8 @@ class WorkerJob:
     warmup_s: float
     timeout_s: float
     index: int
+    tls: TLS | None = None
+    headers: dict | None = None
 
 
 def _warmup(call, request: bytes, seconds: float, timeout_s: float) -> None:
@@ -296,7 +304,7 @@ def _worker(job: WorkerJob, results, ready, go, start_at) -> None:
     """Child process: open channels, warm up, report ready, wait for the common start, run, report."""
     try:
         n_channels = job.callers if job.mode == "closed" else 2
-        channels = [_channel(job.target, job.index * 1000 + i) for i in range(n_channels)]
+        channels = [_channel(job.target, job.index * 1000 + i, job.tls, job.headers) for i in range(n_channels)]
         calls = [ch.unary_unary(f"{SERVICE}/ModelInfer") for ch in channels]
         for call in calls:
             _warmup(call, job.request, job.warmup_s / max(1, len(calls)), job.timeout_s)
@@ -329,7 +337,8 @@ def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, 
     results, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
     jobs = [WorkerJob(s.target, request, mode, callers[i], rate / procs if mode == "open" else 0.0,
-                      i / rate if mode == "open" else 0.0, s.duration_s, caps[i], s.warmup_s, s.timeout_s, i)
+                      i / rate if mode == "open" else 0.0, s.duration_s, caps[i], s.warmup_s, s.timeout_s, i,
+                      s.tls, s.headers)
             for i in range(procs)]
     workers = [ctx.Process(target=_worker, args=(j, results, ready, go, start_at), daemon=True) for j in jobs]
     for w in workers:
@@ -400,11 +409,11 @@ def run_load(s: LoadSettings) -> dict[str, Any]:
         specs = [parse_input_spec(t) for t in s.inputs]
         source = "--input"
     else:
-        specs = fetch_inputs(s.target, s.model, s.version, max(s.timeout_s, 30.0))
+        specs = fetch_inputs(s.target, s.model, s.version, max(s.timeout_s, 30.0), s.tls, s.headers)
         source = "ModelMetadata"
     arrays, data_source = make_inputs(specs, s.shapes, s.data, s.int_range, s.seed)
     request = encode(s.model, arrays, s.version)
-    with _channel(s.target) as ch:
+    with _channel(s.target, tls=s.tls, headers=s.headers) as ch:
         try:
             response = ch.unary_unary(f"{SERVICE}/ModelInfer")(request, timeout=max(s.timeout_s, 30.0),
                                                                 wait_for_ready=True)
@@ -418,7 +427,8 @@ def run_load(s: LoadSettings) -> dict[str, Any]:
         "schema": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine.describe(),
-        "settings": {**{k: v for k, v in asdict(s).items() if k not in ("out", "data")},
+        "settings": {**{k: v for k, v in asdict(s).items() if k not in ("out", "data", "headers")},
+                     "headers": sorted(s.headers),  # names only: their values are often secrets
                      "out": str(s.out) if s.out else None, "data": str(s.data) if s.data else None,
                      "processes": s.processes or usable_cpus(), "concurrency": concurrency},
         "inputs": [{"name": n, "datatype": dt, "shape": list(a.shape)} for n, (dt, a) in arrays.items()],
@@ -439,3 +449,84 @@ def run_load(s: LoadSettings) -> dict[str, Any]:
     if s.out:
         report.write_load(payload, s.out)
     return payload
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tensorwire bench load``."""
+    p.add_argument("--target", required=True, help="HOST:PORT of the gRPC endpoint")
+    p.add_argument("--model", required=True, help="model name")
+    p.add_argument("--model-version", default="", help="model version (default: the server's choice)")
+    p.add_argument("--concurrency", type=arguments.int_list, default=None,
+                   help="closed-loop concurrencies, comma-separated (default 1,8,32 unless only --rate is given)")
+    p.add_argument("--rate", type=arguments.float_list, default=[],
+                   help="open-loop request rates per second, comma-separated (default: none, closed loop only)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per level (default 10)")
+    p.add_argument("--requests", type=int, default=None, help="at most this many requests per level (default: "
+                   "no limit, --duration decides)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per level, not measured (default 1)")
+    p.add_argument("--processes", type=int, default=0, help="worker processes at most (default 0: usable cores)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-request deadline in seconds (default 30)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:1x3x224x224",
+                   help="shape of an input whose metadata has -1 dims (repeatable; default 1 for each -1)")
+    p.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME:SHAPE:DATATYPE",
+                   help="describe the inputs yourself instead of asking ModelMetadata (repeatable; default: ask)")
+    p.add_argument("--data", type=Path, default=None,
+                   help=".npz with one array per input name (default: random data)")
+    p.add_argument("--int-range", type=arguments.int_range, default=(0, 1), help="random integer inputs in LOW..HIGH "
+                   "(default 0..1: valid ids, masks and type ids)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for load.json, load.md and PNG plots (default: print the table only)")
+    p.add_argument("--quick", action="store_true", help="1 s per level, short warm-up (CI)")
+    p.add_argument("--ssl-grpc-use-ssl", action="store_true", help="TLS to the target (perf_analyzer's flag names)")
+    p.add_argument("--ssl-grpc-root-certifications-file", type=Path, default=None, metavar="FILE",
+                   help="PEM roots the server's certificate must chain to (default: the system's)")
+    p.add_argument("--ssl-grpc-private-key-file", type=Path, default=None, metavar="FILE",
+                   help="PEM private key of the client, for mutual TLS (default: none)")
+    p.add_argument("--ssl-grpc-certificate-chain-file", type=Path, default=None, metavar="FILE",
+                   help="PEM certificate chain of the client, for mutual TLS (default: none)")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="KEY:VALUE",
+                   help="gRPC metadata sent with every request, repeatable, e.g. "
+                   "triton-grpc-protocol-infer-key:SECRET (default: none)")
+
+
+def _tls(args: argparse.Namespace) -> TLS | None:
+    files = (args.ssl_grpc_root_certifications_file, args.ssl_grpc_private_key_file,
+             args.ssl_grpc_certificate_chain_file)
+    if not args.ssl_grpc_use_ssl:
+        if any(files):
+            raise ValueError("--ssl-grpc-* files need --ssl-grpc-use-ssl")
+        return None
+    return TLS(*files)
+
+
+def _headers(items: list[str]) -> dict[str, str]:
+    headers = {}
+    for item in items:
+        key, sep, value = item.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"-H {item!r}: expected KEY:VALUE")
+        headers[key.strip().lower()] = value.strip()
+    return headers
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench load``: 0 when no request failed, 1 if some did, 2 when the test could not start."""
+    from tensorwire.bench.report import load_markdown
+
+    try:
+        s = LoadSettings(target=args.target, model=args.model, out=args.out, version=args.model_version,
+                         concurrency=args.concurrency or [], rates=args.rate, duration_s=args.duration,
+                         max_requests=args.requests, warmup_s=args.warmup, processes=args.processes,
+                         timeout_s=args.timeout, shapes=arguments.shapes(args.shape), inputs=args.inputs,
+                         data=args.data, int_range=args.int_range, tls=_tls(args),
+                         headers=_headers(args.header))
+        if args.quick:
+            quick_settings(s)
+        payload = run_load(s)
+    except (ValueError, RuntimeError) as exc:
+        print(f"tensorwire bench load: {exc}", file=sys.stderr)
+        return 2
+    print(load_markdown(payload))
+    if args.out:
+        print(f"written: {args.out}/load.json, load.md, load_throughput_p99.png, load_latency_cdf.png")
+    return 0 if all(not lv["errors"] for lv in payload["levels"]) else 1

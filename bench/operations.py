@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tensorwire.bench.load import LoadSettings, encode, run_level
-from tensorwire.bench.processes import tensorwire_server
+from tensorwire.launcher import tensorwire_server
 
 
 def _add_sub(offset: float = 0.0):

@@ -8,6 +8,7 @@ tensorwire does (gRPC's floor on this machine). Overhead = served - in-process.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -18,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from tensorwire.bench import machine
+from tensorwire.bench import arguments, machine
 from tensorwire.bench.load import fetch_inputs, make_inputs
-from tensorwire.bench.processes import echo_server, tensorwire_server
 from tensorwire.bench.progress import progress_bar
 from tensorwire.bench.stats import summarize
 from tensorwire.bench.timing import LoopSettings, measure
+from tensorwire.launcher import echo_server, tensorwire_server
 from tensorwire.server.affinity import usable_cpus
 
 
@@ -88,8 +89,8 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
     if s.repository is not None:
         repo = Path(s.repository).resolve()
         if not (repo / s.model).is_dir():
-            raise FileNotFoundError(f"--repository {repo} has no model '{s.model}' (no directory {repo / s.model}); "
-                                    "leave --repository out to export the built-in one")
+            raise FileNotFoundError(f"--model-repository {repo} has no model '{s.model}' (no directory "
+                                    f"{repo / s.model}); leave --model-repository out to export the built-in one")
     else:
         tmp = tempfile.TemporaryDirectory(prefix="tensorwire-overhead-")
         repo = Path(tmp.name) / "models"
@@ -162,3 +163,41 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
     if s.out:
         report.write_overhead(payload, s.out)
     return payload
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tensorwire bench overhead``."""
+    p.add_argument("--model", default="mlp", help="model name: a built-in to export "
+                   f"({', '.join(arguments.builtin_names())}), or one in --model-repository (default mlp)")
+    p.add_argument("--model-repository", "--repository", type=Path, default=None,
+                   help="model repository holding --model (default: export the built-in to a temporary one)")
+    p.add_argument("--size", choices=("small", "full"), default="small", help="built-in size (default small)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME:SHAPE",
+                   help="input shape (repeatable; default: 1 for each -1 dim of the model's metadata)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ORT threads, in-process and in the server (default 0: usable cores)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--fastpath", choices=arguments.CODEC_CHOICES, default="auto",
+                   help="the server's wire codec (default auto)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for overhead.json, overhead.md, overhead.png (default: print the table only)")
+    p.add_argument("--quick", action="store_true", help="2 short rounds (CI)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench overhead``: 0 when the served answer matched in-process, 1 if not, 2 on bad input."""
+    from tensorwire.bench.report import overhead_markdown
+
+    try:
+        s = OverheadSettings(model=args.model, out=args.out, repository=args.model_repository, size=args.size,
+                             batch=args.batch, shapes=arguments.shapes(args.shape), threads=args.threads,
+                             rounds=args.rounds, fastpath=args.fastpath)
+        if args.quick:
+            quick_settings(s)
+        payload = run_overhead(s)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"tensorwire bench overhead: {exc}", file=sys.stderr)
+        return 2
+    print(overhead_markdown(payload))
+    return 0 if payload["parity_ok"] else 1

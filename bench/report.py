@@ -6,8 +6,10 @@ drawn from it alone, so a committed JSON can be re-rendered later (``render(json
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,16 +17,75 @@ from typing import Any
 from tensorwire.bench.machine import one_line
 
 PLOT_DPI = 100
+# A latency axis turns logarithmic when its values span this factor: on a linear axis one slow bar or
+# level flattens the rest to the baseline, and sub-millisecond and second-long engines share panels.
+LOG_SCALE_SPAN = 10.0
+# A run is marked contended when, as it started, the load average already held this share of the usable
+# cores: other work then competed with the benchmark for the same cores (the machine block records it).
+CONTENDED_LOAD_PER_CORE = 0.5
+# A bar is marked noisy when its p90 is this far above its median: its median alone would mislead.
+NOISY_P90_OVER_MEDIAN = 1.5
+TITLE_CHARS_PER_INCH = 13  # at fontsize 10, what fits across a figure without being cut at its edges
 
 
 def _save(fig, path: Path) -> Path:
-    """Lay out, write and close a figure (closing frees it: these run in long benchmark processes)."""
+    """Write and close a figure (closing frees it: these run in long benchmark processes).
+
+    Figures are made with ``layout="constrained"``, which, unlike ``tight_layout``, makes room for a
+    suptitle and legends, so nothing is cut at the edges.
+    """
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
     fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
     return path
+
+
+def contention(payload: dict[str, Any]) -> str | None:
+    """A warning when other work held the cores as the run started, else None."""
+    m = payload.get("machine", {})
+    load, cores = m.get("load_average_at_start"), m.get("cores_usable")
+    if not load or not cores or load[0] < CONTENDED_LOAD_PER_CORE * cores:
+        return None
+    return (f"contended run: load average {load[0]:g} on {cores} usable cores at start, "
+            "so absolute times are pessimistic and noisy")
+
+
+def _title(fig, text: str, payload: dict[str, Any], fontsize: int = 10) -> None:
+    """The figure's title wrapped to its width; the contention warning, when there is one, in red below.
+
+    Both are figure-level labels, which the constrained layout makes room for: nothing is cut.
+    """
+    import textwrap
+
+    width = max(30, int(fig.get_figwidth() * TITLE_CHARS_PER_INCH * 10 / fontsize))
+    fig.suptitle("\n".join(textwrap.wrap(text, width)), fontsize=fontsize)
+    warning = contention(payload)
+    if warning:
+        fig.supxlabel("\n".join(textwrap.wrap(f"[!] {warning}", width)), fontsize=fontsize, color="firebrick")
+
+
+def _latency_axis(ax, values: list[float], axis: str = "y", decide_on: list[float] | None = None) -> None:
+    """Log scale with plain tick labels when the values span LOG_SCALE_SPAN or more, else linear from 0.
+
+    ``decide_on`` (default: ``values``) chooses the scale, so that panels of one figure share it while
+    each keeps limits fitted to its own ``values``.
+    """
+    import matplotlib.ticker as ticker
+
+    def positive(vs: list[float]) -> list[float]:
+        return [v for v in vs if v and v > 0 and not math.isnan(v)]
+
+    own, deciding = positive(values), positive(values if decide_on is None else decide_on)
+    if own and deciding and max(deciding) / min(deciding) >= LOG_SCALE_SPAN:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        # bars grow from the axis: start it below the smallest value so that one still shows its size
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(min(own) / 2, max(own) * 2)
+        target = ax.yaxis if axis == "y" else ax.xaxis
+        target.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        target.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if _mantissa(v) in (2, 5) else ""))
+    else:
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(0, max(own or [1.0]) * 1.15)
 
 
 def write_json(payload: dict[str, Any], path: Path) -> Path:
@@ -68,8 +129,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _machine_block(payload: dict[str, Any]) -> str:
     m = payload.get("machine", {})
     load = m.get("load_average_at_start")
+    warning = contention(payload)
     return (f"Machine: {one_line(m)}" + (f"; load average at start {load}" if load else "")
-            + f". Run {payload.get('created', '')}.")
+            + f". Run {payload.get('created', '')}." + (f" **{warning[0].upper()}{warning[1:]}.**" if warning else ""))
 
 
 def _short(text: str, n: int = 90) -> str:
@@ -147,8 +209,42 @@ def compare_markdown(payload: dict[str, Any]) -> str:
     ]) + "\n"
 
 
+def _compare_bars(ax, ok: list[dict[str, Any]], model: str, engines: list[str], colors) -> list[float]:
+    """One group of bars per batch size, one bar per engine; returns every plotted value (for the scale)."""
+    batches = sorted({r["batch"] for r in ok if r["model"] == model})
+    width = 0.8 / max(1, len(engines))
+    plotted: list[float] = []
+    for j, engine in enumerate(engines):
+        for i, b in enumerate(batches):
+            r = next((r for r in ok if r["model"] == model and r["batch"] == b and r["engine"] == engine), None)
+            if r is None:
+                continue
+            x, y, p90 = i + (j - (len(engines) - 1) / 2) * width, r["median_ms"], r["latency"]["p90_ms"]
+            noisy = p90 >= NOISY_P90_OVER_MEDIAN * y
+            ax.bar(x, y, width, yerr=[[0], [max(0.0, p90 - y)]], capsize=2, color=colors(j % 10),
+                   hatch="///" if noisy else None, edgecolor="black" if noisy else None, linewidth=0.5)
+            ratio = r.get("speedup_vs_eager") if engine != "eager" else None
+            label = "\n".join(([f"x{ratio:.2f}"] if ratio else []) + (["noisy"] if noisy else []))
+            if label:
+                ax.annotate(label, (x, max(y, p90)), ha="center", va="bottom", fontsize=6.5, xytext=(0, 1),
+                            textcoords="offset points", color="firebrick" if noisy else "black")
+            plotted += [y, p90]
+    ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+    return plotted
+
+
 def compare_plot(payload: dict[str, Any], path: Path) -> Path | None:
-    """One panel per model: median latency per engine, grouped by batch size, whiskers to p90."""
+    """``compare_figure`` written to ``path``; None when no engine produced a figure."""
+    fig = compare_figure(payload)
+    return None if fig is None else _save(fig, path)
+
+
+def compare_figure(payload: dict[str, Any]):
+    """One panel per model: median latency per engine, grouped by batch size, whiskers to p90.
+
+    Log latency axis where a panel spans an order of magnitude; hatched bars are noisy (p90 well above
+    the median); a red title line says the machine was busy when the run started.
+    """
     plt = _pyplot()
     ok = [r for r in payload["results"] if r.get("ok")]
     if not ok:
@@ -157,37 +253,24 @@ def compare_plot(payload: dict[str, Any], path: Path) -> Path | None:
     engines = _engines(payload)
     cols = min(2, len(models))
     rows = math.ceil(len(models) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.6 * rows), squeeze=False)
-    colors = plt.get_cmap("tab10")
-    for ax, model in zip(axes.flat, models):
-        batches = sorted({r["batch"] for r in ok if r["model"] == model})
-        width = 0.8 / max(1, len(engines))
-        for j, engine in enumerate(engines):
-            xs, ys, hi, ratios = [], [], [], []
-            for i, b in enumerate(batches):
-                r = next((r for r in ok if r["model"] == model and r["batch"] == b and r["engine"] == engine), None)
-                if r:
-                    xs.append(i + (j - (len(engines) - 1) / 2) * width)
-                    ys.append(r["median_ms"])
-                    hi.append(max(0.0, r["latency"]["p90_ms"] - r["median_ms"]))
-                    ratios.append(r.get("speedup_vs_eager") if engine != "eager" else None)
-            if xs:
-                ax.bar(xs, ys, width, yerr=[[0] * len(hi), hi], capsize=2, label=engine, color=colors(j % 10))
-                for x, y, h, ratio in zip(xs, ys, hi, ratios):
-                    if ratio:
-                        ax.annotate(f"x{ratio:.2f}", (x, y + h), ha="center", va="bottom", fontsize=7,
-                                    xytext=(0, 1), textcoords="offset points")
-        ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.6 * rows + 0.6), squeeze=False, layout="constrained")
+    plotted = [_compare_bars(ax, ok, model, engines, plt.get_cmap("tab10")) for ax, model in zip(axes.flat, models)]
+    everything = [v for values in plotted for v in values]
+    for ax, model, values in zip(axes.flat, models, plotted):
+        _latency_axis(ax, values, decide_on=everything)   # one kind of scale for every panel, so they read alike
+        ax.margins(y=0.15)
         ax.set_title(model)
-        ax.set_ylabel("median latency, ms (whisker: p90)")
-        ax.margins(y=0.12)
-        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel("median latency, ms\n(whisker: p90)")
+        ax.grid(axis="y", alpha=0.3, which="both")
     for ax in list(axes.flat)[len(models):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"tensorwire bench compare: {payload['settings']['threads']} threads, "
-                 f"{payload['machine'].get('cpu', '')}; labels: speedup vs eager", fontsize=10)
-    return _save(fig, path)
+    from matplotlib.patches import Patch
+
+    colors = plt.get_cmap("tab10")
+    axes.flat[0].legend(handles=[Patch(color=colors(j % 10), label=e) for j, e in enumerate(engines)], fontsize=8)
+    _title(fig, f"bench compare: {payload['settings']['threads']} threads, {payload['machine'].get('cpu', '')}; "
+                f"labels: speedup vs eager; hatched: noisy (p90 >= {NOISY_P90_OVER_MEDIAN:g}x median)", payload)
+    return fig
 
 
 def write_compare(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:
@@ -250,7 +333,7 @@ def load_plots(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:
     paths: dict[str, Path | None] = {"throughput_p99": None, "cdf": None}
     closed = sorted((lv for lv in payload["levels"] if lv["mode"] == "closed"), key=lambda lv: lv["concurrency"])
     if closed:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
         cs = [lv["concurrency"] for lv in closed]
         a1.plot(cs, [lv["throughput_rps"] for lv in closed], "o-")
         a1.set_xlabel("concurrency")
@@ -261,16 +344,17 @@ def load_plots(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:
                 label="p50")
         a2.set_xlabel("concurrency")
         a2.set_ylabel("latency, ms")
-        a2.set_ylim(bottom=0)
+        _latency_axis(a2, [lv["latency"].get(k, float("nan")) for lv in closed for k in ("p50_ms", "p99_ms")])
         a2.legend()
         for ax in (a1, a2):
             ax.set_xscale("log", base=2)
             ax.set_xticks(cs, [str(c) for c in cs])
-            ax.grid(alpha=0.3)
-        fig.suptitle(f"bench load: {payload['settings']['model']} at {payload['settings']['target']}", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+        s = payload["settings"]
+        _title(fig, f"bench load: {s['model']} at {s['target']}, closed loop", payload)
         paths["throughput_p99"] = _save(fig, out / "load_throughput_p99.png")
     if any(lv["cdf"]["ms"] for lv in payload["levels"]):
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
         for lv in payload["levels"]:
             if lv["cdf"]["ms"]:
                 ax.plot(lv["cdf"]["ms"], lv["cdf"]["fraction"], label=_level_name(lv))
@@ -282,7 +366,7 @@ def load_plots(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-        ax.set_title(f"latency CDF: {payload['settings']['model']} at {payload['settings']['target']}", fontsize=10)
+        _title(fig, f"latency CDF: {payload['settings']['model']} at {payload['settings']['target']}", payload)
         paths["cdf"] = _save(fig, out / "load_latency_cdf.png")
     return paths
 
@@ -325,19 +409,26 @@ def overhead_markdown(payload: dict[str, Any]) -> str:
 
 
 def overhead_plot(payload: dict[str, Any], path: Path) -> Path:
+    """``overhead_figure`` written to ``path``."""
+    return _save(overhead_figure(payload), path)
+
+
+def overhead_figure(payload: dict[str, Any]):
+    """p50 bars and p99 ticks of the three paths, on a log axis when they span an order of magnitude."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 2.8))
+    fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
     labels = [label for _, label in OVERHEAD_ROWS]
     p50 = [payload[k]["p50_ms"] * 1e3 for k, _ in OVERHEAD_ROWS]
     p99 = [payload[k]["p99_ms"] * 1e3 for k, _ in OVERHEAD_ROWS]
-    ax.barh(labels, p50, color=["tab:green", "tab:blue", "tab:gray"], label="p50")
-    ax.scatter(p99, labels, color="black", marker="|", s=200, label="p99", zorder=3)
+    ax.barh(labels, p50, color=["tab:green", "tab:blue", "tab:gray"], label="p50 (bar)")
+    ax.scatter(p99, labels, color="black", marker="|", s=200, label="p99 (tick)", zorder=3)
     ax.invert_yaxis()
     ax.set_xlabel("latency per request, us")
+    _latency_axis(ax, p50 + p99, axis="x")
     ax.legend(fontsize=8)
-    ax.set_title(f"bench overhead: {payload['settings']['model']}", fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    _title(fig, f"bench overhead: {payload['settings']['model']}, p50 bars, p99 ticks", payload)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    return fig
 
 
 def write_overhead(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:
@@ -353,9 +444,30 @@ WRITERS = {"compare": write_compare, "load": write_load, "overhead": write_overh
 
 
 def render(json_path: Path, out: Path | None = None) -> dict[str, Path | None]:
-    """Re-draw the markdown and plots of a saved result (e.g. after changing a plot)."""
+    """Re-draw the markdown and plots of a saved result (e.g. after changing a plot), without re-measuring."""
     payload = json.loads(Path(json_path).read_text())
+    if payload.get("kind") not in WRITERS:
+        raise ValueError(f"{json_path}: kind {payload.get('kind')!r} has no report; one of {sorted(WRITERS)}")
     return WRITERS[payload["kind"]](payload, Path(out or Path(json_path).parent))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``tensorwire bench report``."""
+    p.add_argument("--from", dest="source", type=Path, required=True, metavar="RESULT.json",
+                   help=f"a saved {', '.join(WRITERS)} result, e.g. bench/results/compare/compare.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for the markdown and plots (default: beside the JSON, overwriting them)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``tensorwire bench report``: 2 when the file is missing or not a result."""
+    try:
+        paths = render(args.source, args.out)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"tensorwire bench report: {exc}", file=sys.stderr)
+        return 2
+    print("written: " + ", ".join(str(v) for k, v in paths.items() if v is not None and k != "json"))
+    return 0
 
 
 def _optional(plot, *args):

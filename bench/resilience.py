@@ -22,17 +22,16 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tensorwire.bench.fastpath_e2e import mlp_model
-from tensorwire.bench.processes import tensorwire_server
 from tensorwire.bench.procnet import client_ports, descendants, listening, worker_of
 from tensorwire.bench.report import write_rows
 from tensorwire.bench.stall import stalled
 from tensorwire.bench.stats import percentile_ms
 from tensorwire.client import InferenceClient, encode_request
 from tensorwire.errors import RequestError
+from tensorwire.launcher import tensorwire_server
 
 SCENARIOS = ((0, 0), (300, 100), (1000, 200))
 
@@ -181,6 +180,8 @@ def _markdown(rows: list[dict], server_args: list[str]) -> str:
 
 
 def run_scenarios(duration: float, server_args: list[str], out: Path | None) -> list[dict]:
+    import onnx  # here, not at the top: `tensorwire --help` must not need it
+
     with tempfile.TemporaryDirectory(prefix="tensorwire-bench-") as tmp:
         repo = Path(tmp) / "models"
         (repo / "mlp" / "1").mkdir(parents=True)

@@ -1,6 +1,8 @@
-"""Check a served export against PyTorch: ask a KServe v2 server over gRPC (tritonclient), compare.
+"""Check a served export against PyTorch: ask a KServe v2 server over gRPC, compare.
 
-Used by the export tests; handy for users who want the same evidence for their own model.
+Used by the export tests; handy for users who want the same evidence for their own model. The call goes
+through tensorwire's own client (:class:`tensorwire.client.InferenceClient`), so this works with only
+tensorwire installed (NVIDIA's tritonclient is a test-only dependency).
 """
 
 from __future__ import annotations
@@ -9,24 +11,16 @@ from typing import Any
 
 import numpy as np
 
-_WIRE = {np.dtype("float32"): "FP32", np.dtype("int64"): "INT64", np.dtype("float16"): "FP16",
-         np.dtype("int32"): "INT32", np.dtype("bool"): "BOOL"}
+from tensorwire.client import InferenceClient
+
+INFER_TIMEOUT_S = 300.0  # a full-size model's first call on a small CPU can take a while; never hang forever
 
 
 def infer_grpc(address: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(address)
-    try:
-        req = []
-        for name, arr in inputs.items():
-            inp = grpcclient.InferInput(name, list(arr.shape), _WIRE[arr.dtype])
-            inp.set_data_from_numpy(np.ascontiguousarray(arr))
-            req.append(inp)
-        result = client.infer(model, req, outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
-        return [result.as_numpy(o) for o in outputs]
-    finally:
-        client.close()
+    """``model``'s ``outputs``, in that order, for ``inputs`` sent in raw form to the server at ``address``."""
+    with InferenceClient(address, timeout=INFER_TIMEOUT_S) as client:
+        result = client.infer(model, {n: np.ascontiguousarray(a) for n, a in inputs.items()}, outputs=outputs)
+    return [result[o] for o in outputs]
 
 
 def torch_reference(module, inputs: dict[str, Any], keywords: bool) -> list[np.ndarray]:

@@ -55,10 +55,9 @@ from tensorwire.proto.tensors import contents_from_array, serialize_bytes_tensor
 if sys.byteorder != "little":
     raise ImportError("tensorwire.fastpath._wire supports little-endian hosts only")
 
-NAME = "ext"
-
-# The decoder builds the message dataclasses without their __init__ (Python code, 0.4-0.5 us each) and
-# without setattr (a type lookup per field): object.__new__ gives an instance whose slots are all NULL,
+# The decoder builds the message dataclasses without their __init__ (a Python-level call per object; the
+# decode time this buys is in bench/results/fastpath/codec.md, before/after in bench/results/README.md)
+# and without setattr (a type lookup per field): object.__new__ gives an instance whose slots are all NULL,
 # and each slot is written at the offset its member descriptor records.
 _new = object.__new__
 

@@ -22,8 +22,6 @@ from tensorwire.proto.messages import (
 )
 from tensorwire.proto.tensors import contents_from_array, raw_from_array
 
-NAME = "twin"
-
 
 def _params(pmap) -> dict[str, ParamValue]:
     out: dict[str, ParamValue] = {}

@@ -3,9 +3,8 @@
 grpcio allocates each received message (and the ``bytes`` it gives the handler) with malloc. glibc
 serves blocks above its mmap threshold (dynamic, from 128 KiB) with fresh mmaps and trims an arena's
 free top above its trim threshold, so a 600 KB request costs page faults and page zeroing on every
-call. Raising both thresholds keeps those blocks in the arenas for the next request (measured side by
-side against ``--no-malloc-tuning``, 3x224x224 FP32, one client, three runs: p50 1.19 -> 1.05,
-1.21 -> 1.10 and 1.08 -> 0.99 ms).
+call. Raising both thresholds keeps those blocks in the arenas for the next request (a measured p50 win
+for a 3x224x224 FP32 request: `tensorwire bench fastpath --server-arg=--no-malloc-tuning` re-measures it).
 What this retains is bounded by ``TRIM_THRESHOLD_BYTES`` per arena. Only on glibc; a no-op elsewhere.
 """
 

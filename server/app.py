@@ -19,7 +19,7 @@ from tensorwire.fastpath import load_codec
 from tensorwire.server.affinity import pin_process
 from tensorwire.server.allocator import keep_large_blocks
 from tensorwire.server.grpc_service import InferenceServicer
-from tensorwire.server.logs import event
+from tensorwire.server.logs import configure_logging, event
 from tensorwire.server.operations import Operations
 from tensorwire.server.repository import ModelRepository
 from tensorwire.server.security import interceptors, loopback_only, server_credentials
@@ -209,3 +209,9 @@ def serve(settings: ServerSettings, quiet: bool = False) -> int:
     if not quiet:
         print(report.line(), flush=True)
     return 0
+
+
+def serve_worker(settings: ServerSettings, index: int) -> None:
+    """One process of ``--workers N`` (started by tensorwire.server.workers): log with its index, serve."""
+    configure_logging(settings.log_format, settings.log_level, worker=index)
+    raise SystemExit(serve(settings, quiet=True))

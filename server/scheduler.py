@@ -124,9 +124,9 @@ PR_SET_TIMERSLACK = 29
 
 
 def _precise_timers() -> None:
-    """Let this thread's timed waits wake on time: Linux adds up to 50 us of timer slack to each, which
-    the batch delay would pay at every low-load request (measured: a 500 us wait took 585 us, 530 with
-    a 1 ns slack). Once per thread; a no-op elsewhere."""
+    """Let this thread's timed waits wake on time: Linux adds up to 50 us of timer slack to each (its
+    documented default), which the batch delay would pay at every low-load request. Once per thread; a
+    no-op elsewhere."""
     if getattr(_thread_state, "precise", False):
         return
     _thread_state.precise = True

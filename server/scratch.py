@@ -1,7 +1,7 @@
 """Per-thread scratch buffers for the one copy the hot path makes: realigning a misaligned input view.
 
-A fresh 600 KB allocation per request costs page faults and zero-filling (measured in the server:
-68 us of compute_input for a 3x224x224 FP32 input, against 14 us for the copy into warm memory). Each
+A fresh 600 KB allocation per request costs page faults and zero-filling, several times the copy itself
+into warm memory (the copy's cost: bench/results/fastpath/alignment.md, "copy alone"). Each
 RPC handler thread serves one request at a time, and a request's feeds are dead once its response is
 encoded, so a buffer owned by the thread can be reused by that thread's next request. (The batcher keeps
 that true for a request whose deadline passes while its batch runs: its thread waits for the batch.)
@@ -31,7 +31,7 @@ def aligned_copy(arr: np.ndarray, slot: int) -> np.ndarray:
     if buffers[slot].nbytes < nbytes:
         buffers[slot] = np.empty(max(nbytes, 4096), np.uint8)  # numpy allocations are 16-byte aligned
     out = buffers[slot][:nbytes]
-    # As bytes: numpy's copy loop for a misaligned typed source is slower than a plain memcpy (16.5 vs
-    # 14 us for 600 KB here).
+    # As bytes: numpy's copy loop for a misaligned typed source is slower than a plain memcpy (measured when
+    # the hot path was built; `tensorwire bench alignment` times the copy).
     np.copyto(out, arr.reshape(-1).view(np.uint8))
     return out.view(arr.dtype).reshape(arr.shape)

@@ -3,10 +3,8 @@
 ONNX Runtime's default pool (one thread per core) pays off for large operators. For a model that runs
 in tens of microseconds, the pool thread costs more than it brings: it must be woken for every run,
 and it spins after each one on a core that gRPC needs to receive the next request and send this
-answer. Measured here (2 cores): a ReduceMean over a 3x224x224 input runs in 21-30 us on one thread
-against 27-32 us on two; served side by side (rounds interleaved), the one-thread server was 1-3% ahead
-at p50 in three runs (0.919 vs 0.926 ms in the last) and 13% at p99 (2.04 vs 2.34 ms). A
-512-1024-1024-10 MLP is faster on two threads (70 against 116 us) and keeps them.
+answer. Measured on 2 cores (bench/results/README.md, section 4): the 3x224x224 ReduceMean model runs
+faster on one thread and picks it; the 512-1024-1024-10 MLP is faster on two and keeps them.
 
 So when nothing fixes the count (no ``--intra-op-threads``, no ``intra_op_thread_count`` parameter),
 one instance would get more than one thread and the model is fast (its median run under

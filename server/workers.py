@@ -25,11 +25,11 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tensorwire.server.affinity import share_for_worker, usable_cpus
-from tensorwire.server.logs import configure_logging, event
+from tensorwire.server.logs import event
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.workers")
@@ -53,11 +53,7 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         sock.close()
 
 
-def _worker_main(settings: ServerSettings, index: int) -> None:
-    from tensorwire.server.app import serve
-
-    configure_logging(settings.log_format, settings.log_level, worker=index)
-    raise SystemExit(serve(settings, quiet=True))
+WorkerMain = Callable[[ServerSettings, int], None]  # runs one worker process: (its settings, its index)
 
 
 def worker_metrics(tmp: Path, index: int) -> dict:
@@ -66,16 +62,12 @@ def worker_metrics(tmp: Path, index: int) -> dict:
     return {"metrics_address": "127.0.0.1", "metrics_port": 0, "metrics_port_file": tmp / f"worker-{index}.metrics"}
 
 
-# Imported once by the fork server, so that a worker (and its replacement) starts without re-importing them.
-PRELOAD = ["tensorwire.server.app", "onnxruntime", "numpy"]
-
-
-def worker_context() -> multiprocessing.context.BaseContext:
-    """Workers fork from a fork server that has imported the modules a worker needs and nothing more: no
-    gRPC server, channel or ONNX Runtime session exists there, so none crosses a fork (the reason spawn was
-    used), while a replacement skips about a second of imports (bench/results/resilience/)."""
+def worker_context(worker_main: WorkerMain) -> multiprocessing.context.BaseContext:
+    """Workers fork from a fork server that has imported the worker's module (and ONNX Runtime) and nothing
+    more: no gRPC server, channel or ONNX Runtime session exists there, so none crosses a fork (the reason
+    spawn was used), while a replacement skips about a second of imports (bench/results/resilience/)."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload([worker_main.__module__, "onnxruntime", "numpy"])
     return ctx
 
 
@@ -92,9 +84,10 @@ class _Slot:
 class Supervisor:
     """Starts the workers, replaces those that die, and stops them all on request."""
 
-    def __init__(self, settings: ServerSettings, port: int, tmp: Path) -> None:
+    def __init__(self, settings: ServerSettings, port: int, tmp: Path, worker_main: WorkerMain) -> None:
         self.settings = settings
-        self.ctx = worker_context()
+        self.worker_main = worker_main
+        self.ctx = worker_context(worker_main)
         n = settings.workers
         shared = len(settings.cpu_affinity) < n  # no CPUs of its own: a part of what all may use
         self.slots = [_Slot(i, dataclasses.replace(
@@ -107,7 +100,7 @@ class Supervisor:
 
     def start(self, slot: _Slot) -> None:
         slot.settings.port_file.unlink(missing_ok=True)
-        slot.process = self.ctx.Process(target=_worker_main, args=(slot.settings, slot.index),
+        slot.process = self.ctx.Process(target=self.worker_main, args=(slot.settings, slot.index),
                                         name=f"tensorwire-worker-{slot.index}")
         slot.process.start()
         event(log, "worker_started", "worker %d started (pid %d)%s", slot.index, slot.process.pid,
@@ -162,14 +155,15 @@ class Supervisor:
         return codes
 
 
-def serve_workers(settings: ServerSettings) -> int:
+def serve_workers(settings: ServerSettings, worker_main: WorkerMain) -> int:
     """Run ``settings.workers`` supervised server processes on one port until SIGTERM/SIGINT; 0 if all
-    stopped cleanly."""
+    stopped cleanly. ``worker_main`` serves in each (the CLI passes ``tensorwire.server.app.serve_worker``:
+    the supervisor knows nothing of what a worker runs)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with reserve_port(settings.host, settings.grpc_port) as port, tempfile.TemporaryDirectory() as tmp:
-        supervisor = Supervisor(settings, port, Path(tmp))
+        supervisor = Supervisor(settings, port, Path(tmp), worker_main)
         for slot in supervisor.slots:
             supervisor.start(slot)
         started = supervisor.wait_started(stop)

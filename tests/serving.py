@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tensorwire.bench.processes import ServerProcess, tensorwire_server
+from tensorwire.launcher import ServerProcess, tensorwire_server
 
 __all__ = ["ServerProcess", "start_server"]
 

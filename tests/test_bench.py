@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tensorwire.bench import load, report, stats
 from tensorwire.bench.prepare import parse_model
-from tensorwire.bench.processes import echo_server, tensorwire_server
 from tensorwire.cli import main
+from tensorwire.launcher import echo_server, tensorwire_server
 
 CPU_ENGINES = ["eager", "compile", "ort", "ort-iobinding"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -204,7 +204,7 @@ def test_load_refuses_a_request_the_server_rejects(served):
 # ---------------------------------------------------------------- overhead
 
 def test_overhead_in_process_vs_served_vs_echo(repository, tmp_path):
-    rc = main(["bench", "overhead", "--model", "tiny", "--repository", str(repository), "--shape", "mask:1x8",
+    rc = main(["bench", "overhead", "--model", "tiny", "--model-repository", str(repository), "--shape", "mask:1x8",
                "--quick", "--out", str(tmp_path)])
     assert rc == 0
     payload = _check_outputs(tmp_path, "overhead", ["overhead.png"])
@@ -236,3 +236,61 @@ def test_shapes_models_and_stats_helpers():
     cdf = stats.cdf_points([0.003, 0.001, 0.002])
     assert cdf["ms"] == sorted(cdf["ms"]) and cdf["fraction"][-1] == 1.0
     assert math.isnan(stats.percentile_ms([], 50))
+
+
+# ---------------------------------------------------------------- plots people can read
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+
+
+def _inside_figure(fig, artist) -> bool:
+    fig.canvas.draw()
+    box, frame = artist.get_window_extent(), fig.bbox
+    return frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+
+
+def test_compare_figure_log_axis_fitting_title_noisy_and_contended_marks():
+    """The committed compare run: latencies from 0.02 ms to 1.4 s, a busy machine, one noisy cell."""
+    payload = json.loads((RESULTS / "compare" / "compare.json").read_text())
+    fig = report.compare_figure(payload)
+    try:
+        panels = [ax for ax in fig.axes if ax.get_title()]
+        assert [ax.get_title() for ax in panels] == ["mlp", "resnet50", "distilbert", "bert"]
+        assert all(ax.get_yscale() == "log" for ax in panels)   # batch 1 and 8 differ by about 10x
+        title, warning = fig._suptitle, fig._supxlabel
+        assert title.get_text().startswith("bench compare: 2 threads") and _inside_figure(fig, title)
+        assert "contended run: load average 1.29 on 2 usable cores" in warning.get_text().replace("\n", " ")
+        assert warning.get_color() == "firebrick" and _inside_figure(fig, warning)
+        hatched = [bar for bar in panels[0].patches if bar.get_hatch()]
+        assert len(hatched) == 1  # mlp eager batch 1: p90 1.7x its median
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def test_linear_axis_for_a_narrow_range_and_no_mark_on_a_quiet_machine():
+    payload = json.loads((RESULTS / "load" / "load.json").read_text())   # load average 0.21 on 2 cores
+    assert report.contention(payload) is None
+    busy = json.loads((RESULTS / "overhead" / "overhead.json").read_text())   # 2.34 on 2 cores
+    assert "load average 2.34" in report.contention(busy)
+    assert "Contended run" in report.overhead_markdown(busy)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    report._latency_axis(ax, [1.0, 2.5, 4.0])
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+    report._latency_axis(ax, [0.02, 40.0])
+    assert ax.get_yscale() == "log"
+    plt.close(fig)
+
+
+def test_bench_report_redraws_committed_results_without_measuring(tmp_path):
+    for kind, pngs in (("compare", ["compare_latency.png"]), ("overhead", ["overhead.png"]),
+                       ("load", ["load_throughput_p99.png", "load_latency_cdf.png"])):
+        out = tmp_path / kind
+        assert main(["bench", "report", "--from", str(RESULTS / kind / f"{kind}.json"), "--out", str(out)]) == 0
+        _check_outputs(out, kind, pngs)
+        # the committed markdown is exactly what the committed JSON renders to
+        assert (out / f"{kind}.md").read_text() == (RESULTS / kind / f"{kind}.md").read_text()
+    assert main(["bench", "report", "--from", str(RESULTS / "fastpath" / "codec.json")]) == 2

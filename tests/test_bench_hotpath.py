@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 
 from tensorwire.bench import alignment, batching, codec, fastpath_e2e
+from tensorwire.cli import main
 
 
 def test_codec_benchmark(tmp_path):
-    assert codec.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "codec", "--quick", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "codec.json").read_text())["rows"]
     assert [r["payload"] for r in rows] == list(codec.PAYLOADS)
     for r, size in zip(rows, codec.PAYLOADS.values()):
@@ -23,7 +24,7 @@ def test_codec_benchmark(tmp_path):
 
 
 def test_fastpath_end_to_end_benchmark(tmp_path):
-    rows = fastpath_e2e.run(requests=40, rounds=2, out=tmp_path)
+    rows = fastpath_e2e.measure_servers(requests=40, rounds=2, out=tmp_path)
     assert [r["model"] for r in rows] == list(fastpath_e2e.MODELS)
     image = rows[1]
     assert image["request_bytes"] > 3 * 224 * 224 * 4 and image["response_bytes"] > 0
@@ -42,7 +43,7 @@ def test_alignment_benchmark():
 
 
 def test_batching_benchmark_quick(tmp_path):
-    rows = batching.run(tmp_path, duration=1.0, models=["mlp_small"], workers=[1])
+    rows = batching.run_batching(tmp_path, duration=1.0, models=["mlp_small"], workers=[1])
     assert {(r["batching"], r["concurrency"]) for r in rows} == {
         (m, c) for m in batching.MODES for c in batching.CONCURRENCY}
     for r in rows:
@@ -50,3 +51,8 @@ def test_batching_benchmark_quick(tmp_path):
         assert 0 < r["p50_ms"] <= r["p99_ms"] and r["throughput_rps"] > 0
     md = (tmp_path / "batching.md").read_text()
     assert "mlp_small: throughput at concurrency 32, batching on / off" in md
+
+
+def test_batching_refuses_an_unknown_model(capsys):
+    assert main(["bench", "batching", "--models", "mlp_small,gpt7"]) == 2
+    assert "gpt7" in capsys.readouterr().err

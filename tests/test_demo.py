@@ -8,7 +8,7 @@ import sys
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tensorwire", "demo", "--repository", str(tmp_path / "repo"),
+    out = subprocess.run([sys.executable, "-m", "tensorwire", "demo", "--model-repository", str(tmp_path / "repo"),
                           "--requests", "30"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
@@ -18,3 +18,14 @@ def test_demo_runs_end_to_end(tmp_path):
     for label in ("tensorwire ModelInfer", "in-process ONNX Runtime", "bare grpcio echo"):
         assert re.search(re.escape(label) + r"[^\n]*?p50 \d+\.\d+ ms\s+p99 \d+\.\d+ ms", text), text
     assert "SIGTERM -> server exited with code 0" in text
+
+
+def test_demo_and_overhead_accept_the_old_repository_flag():
+    """`--model-repository` is the one name across commands; `--repository` still works for old scripts."""
+    from pathlib import Path
+
+    from tensorwire.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--repository", "r"]).model_repository == Path("r")
+    assert parser.parse_args(["bench", "overhead", "--repository", "r"]).model_repository == Path("r")

@@ -27,8 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import ADD_SUB_CONFIG, add_sub_model, write_model
 
 from tensorwire import proto as pb
-from tensorwire.bench.processes import launch
 from tensorwire.cli import build_parser
+from tensorwire.launcher import launch
 from tensorwire.server.app import LIVENESS_SERVICE
 from tensorwire.server.flags import settings_from_args
 

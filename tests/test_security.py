@@ -285,3 +285,16 @@ def test_restricted_protocol_flag_is_checked(repo, flag, message):
         assert "is in two groups" in _serve_fails(repo, flag, "--grpc-restricted-protocol=inference,health:b=2")
     else:
         assert message in _serve_fails(repo, flag)
+
+
+def test_bench_load_speaks_tls_and_headers(repo, pki):
+    """Our own load generator reaches a TLS server whose inference is restricted (perf_analyzer's flag names)."""
+    with start_server(repo, *_tls_args(pki), RESTRICTED[0], tls=TLS(pki["ca"])) as s:
+        base = [sys.executable, "-m", "tensorwire", "bench", "load", "--target", s.address, "--model", "add_sub",
+                "--concurrency", "1", "--quick", "--processes", "1", "--ssl-grpc-use-ssl",
+                "--ssl-grpc-root-certifications-file", str(pki["ca"])]
+        ok = subprocess.run([*base, "-H", "triton-grpc-protocol-admin-key:s3cret"], capture_output=True, text=True,
+                            timeout=300)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        refused = subprocess.run(base, capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2 and "This protocol is restricted" in refused.stderr, refused.stderr

@@ -27,7 +27,7 @@ if [[ $STEPS == *" load "* || $STEPS == *" overhead "* ]]; then
   fi
   # 3. the server's overhead per request over in-process ONNX Runtime, beside a bare grpcio echo
   if [[ $STEPS == *" overhead "* ]]; then
-    tensorwire bench overhead --model mlp --repository "$WORK/models" --out "$OUT/overhead"
+    tensorwire bench overhead --model mlp --model-repository "$WORK/models" --out "$OUT/overhead"
   fi
 fi
 

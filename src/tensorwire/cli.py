@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 from tensorwire import __version__
+from tensorwire.fastpath import CODEC_CHOICES
+
+# Plain text: argparse prints it as is, so the module docstring's reST markup would show.
+DESCRIPTION = ("Export a PyTorch model to an optimized ONNX model repository, serve it over KServe v2 gRPC, "
+               "and benchmark it.")
 
 
 def _add_serve(sub) -> None:
@@ -37,12 +42,12 @@ def _run_serve(args) -> int:
         print(f"tensorwire: {exc}", file=sys.stderr)
         return 2
     try:
+        from tensorwire.server.app import serve, serve_worker
+
         if settings.workers > 1:
             from tensorwire.server.workers import serve_workers
 
-            return serve_workers(settings)
-        from tensorwire.server.app import serve
-
+            return serve_workers(settings, serve_worker)
         return serve(settings)
     except FileNotFoundError as exc:
         print(f"tensorwire: {exc}", file=sys.stderr)
@@ -82,10 +87,11 @@ def _run_check(args) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="export the built-in MLP, serve it, call it, print results and latency")
-    p.add_argument("--repository", type=Path, default=Path("model_repository"),
-                   help="model repository to write (default ./model_repository)")
+    p.add_argument("--model-repository", "--repository", type=Path, default=Path("model_repository"),
+                   help="model repository to write, the same one serve reads (default ./model_repository)")
     p.add_argument("--requests", type=int, default=200, help="requests for the latency figures (default 200)")
-    p.add_argument("--fastpath", choices=["auto", "ext", "twin"], default="auto")
+    p.add_argument("--fastpath", choices=CODEC_CHOICES, default="auto",
+                   help="the server's wire codec: Cython extension, pure-Python twin, or auto (default auto)")
     p.set_defaults(func=lambda args: _lazy("tensorwire.demo", "run")(args))
 
 
@@ -105,7 +111,7 @@ def _lazy(module: str, attr: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tensorwire", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tensorwire", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"tensorwire {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_plugin(sub, "tensorwire.export.cli")
@@ -117,11 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "accepts_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
+    args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -43,11 +43,31 @@ class TLS:
                                             read(self.certificate_chain))
 
 
-def open_channel(address: str, *, tls: TLS | None = None, options: Sequence[tuple] = ()) -> grpc.Channel:
-    """A channel to ``address``: plaintext, or TLS / mutual TLS when ``tls`` is given."""
+class _Headers(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds fixed metadata (e.g. restricted-protocol keys) to every call of a channel."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = tuple((k.lower(), v) for k, v in headers.items())
+
+    def _with_headers(self, details):
+        return details._replace(metadata=tuple(details.metadata or ()) + self.headers)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._with_headers(client_call_details), request)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._with_headers(client_call_details), request_iterator)
+
+
+def open_channel(address: str, *, tls: TLS | None = None, options: Sequence[tuple] = (),
+                 headers: Mapping[str, str] | None = None) -> grpc.Channel:
+    """A channel to ``address``: plaintext, or TLS / mutual TLS when ``tls`` is given; ``headers`` are sent
+    with every call made on it."""
     if tls is None:
-        return grpc.insecure_channel(address, options=list(options))
-    return grpc.secure_channel(address, tls.credentials(), options=list(options))
+        channel = grpc.insecure_channel(address, options=list(options))
+    else:
+        channel = grpc.secure_channel(address, tls.credentials(), options=list(options))
+    return grpc.intercept_channel(channel, _Headers(headers)) if headers else channel
 
 
 @dataclass

@@ -2,7 +2,12 @@
 
 It receives the request as bytes (no parsing) and returns a preallocated payload of the size our
 server's response would have, so the difference between the two is what tensorwire itself costs.
-Run as ``python -m tensorwire.bench.echo --response-bytes N --port 0 --port-file F``.
+Run as ``python -m tensorwire.echo --response-bytes N --port 0 --port-file F``.
+
+It lives beside the launcher (:mod:`tensorwire.launcher`) rather than in bench/ because the demo
+shows this floor: "the server adds X ms" means little to a new user until it stands next to what a
+gRPC round trip of the same bytes costs with no server logic at all. Keeping it in bench/ would make
+the demo import the benchmarks again.
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ def make_server(response_bytes: int, host: str = "127.0.0.1", port: int = 0, thr
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--response-bytes", type=int, required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--port-file", type=Path)
-    p.add_argument("--threads", type=int, default=8)
+    """Serve until SIGTERM or SIGINT (the launcher stops it with SIGTERM)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--response-bytes", type=int, required=True, help="size of every answer")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    p.add_argument("--threads", type=int, default=8, help="handler threads (default 8)")
     args = p.parse_args(argv)
     server, port = make_server(args.response_bytes, args.host, args.port, args.threads)
     server.start()

@@ -1,7 +1,9 @@
 """Servers in child processes on loopback: tensorwire itself and the bare grpcio echo floor.
 
 Used by the demo, the benchmarks and the tests alike, so that every measurement and every test talks
-to a real server over a real socket, started the way a user starts it.
+to a real server over a real socket, started the way a user starts it. It lives in the root package,
+not in bench/, because the demo (and anything else that serves) must not depend on the benchmarks:
+dependencies point from bench/ down to serving code, never back.
 """
 
 from __future__ import annotations
@@ -65,17 +67,18 @@ def _wait_live(address: str, proc: subprocess.Popen, log_path: Path, deadline: f
 @contextlib.contextmanager
 def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None = None,
            check_exit: bool = True, stop_timeout_s: float = 30.0, tls: TLS | None = None,
-           headers: dict | None = None, python: str | None = None) -> Iterator[ServerProcess]:
+           headers: dict | None = None, python: str | Path | None = None) -> Iterator[ServerProcess]:
     """Run ``python <args> --port-file F`` (a server on port 0), wait until it is live, SIGTERM it on exit.
 
     Its port file and log go to ``workdir`` if given (kept), else to a temporary directory removed on exit;
     ``ServerProcess.log()`` still answers after that. ``tls`` and ``headers`` are what a client needs to
-    reach a server started with TLS or restricted protocols; ``python`` runs another installation.
+    reach a server started with TLS or restricted protocols; ``python`` runs another environment's
+    interpreter (the packaging test serves from a freshly installed wheel that way; bench ab compares two).
     """
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tensorwire-"))
-        yield from _launch([python or sys.executable, *args], Path(workdir), env, check_exit, stop_timeout_s, tls,
+        yield from _launch([str(python or sys.executable), *args], Path(workdir), env, check_exit, stop_timeout_s, tls,
                            headers)
 
 
@@ -126,5 +129,5 @@ def tensorwire_server(repository: Path, *extra_args: str, **kw) -> contextlib.Ab
 
 
 def echo_server(response_bytes: int, **kw) -> contextlib.AbstractContextManager[ServerProcess]:
-    """The bare grpcio echo server (tensorwire.bench.echo) answering with ``response_bytes`` bytes."""
-    return launch(["-m", "tensorwire.bench.echo", "--response-bytes", str(response_bytes), "--port", "0"], **kw)
+    """The bare grpcio echo server (:mod:`tensorwire.echo`) answering with ``response_bytes`` bytes."""
+    return launch(["-m", "tensorwire.echo", "--response-bytes", str(response_bytes), "--port", "0"], **kw)
