@@ -55,7 +55,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(python: Path, repo: Path, extra: list[str]):
     return launch(["-m", "tensorwire", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
-                   "--grpc-port", "0", *extra], python=str(python))
+                   "--grpc-port", "0", *_free_metrics_port(python), *extra], python=str(python))
+
+
+def _free_metrics_port(python: Path) -> list[str]:
+    """``--metrics-port 0`` for an installation that has a metrics endpoint (it would take 8002 and collide
+    with the other side); nothing for an older one, which would refuse the flag."""
+    import subprocess
+
+    help_text = subprocess.run([str(python), "-m", "tensorwire", "serve", "--help"], capture_output=True,
+                               text=True, timeout=120).stdout
+    return ["--metrics-port", "0"] if "--metrics-port" in help_text else []
 
 
 def _compare(args: argparse.Namespace, repo: Path) -> list[dict]:

@@ -19,11 +19,16 @@ from tensorwire.fastpath import load_codec
 from tensorwire.server.affinity import pin_process
 from tensorwire.server.allocator import keep_large_blocks
 from tensorwire.server.grpc_service import InferenceServicer
+from tensorwire.server.logs import configure_logging, event
+from tensorwire.server.operations import Operations
 from tensorwire.server.repository import ModelRepository
 from tensorwire.server.security import interceptors, loopback_only, server_credentials
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.server")
+# grpc.health.v1 service that is SERVING while the process runs, whatever its models do: Kubernetes'
+# liveness probe (deploy/), which must not restart a pod because one model failed to load.
+LIVENESS_SERVICE = "tensorwire.live"
 
 
 def _add_to_pool(file_descriptor) -> None:
@@ -83,6 +88,7 @@ class TensorwireServer:
         self.repository = ModelRepository(settings)
         self.servicer = InferenceServicer(self.repository, self.codec)
         self.health = health.HealthServicer()
+        self.ops = Operations(settings, self.repository)  # metrics endpoint, repository polling
         self._grpc: grpc.Server | None = None
         self.port = 0
 
@@ -94,6 +100,7 @@ class TensorwireServer:
         if s.malloc_tuning:
             tuned = keep_large_blocks()
             log.info("malloc: %s", "large blocks kept for reuse" if tuned else "not tuned (not glibc)")
+        self.ops.before_load()
         self.repository.load_all()
         self._check_startup_loads()
         server = self._grpc_server()
@@ -104,14 +111,16 @@ class TensorwireServer:
         self.refresh_health()
         if s.port_file:
             s.port_file.write_text(str(self.port))
+        self.ops.after_listen()
         return self
 
     def _check_startup_loads(self) -> None:
         """Mode none cannot load a model later, so a failure at start stops the server (Triton's
         --exit-on-error) unless --no-exit-on-error says to serve the others."""
         failed = self.repository.startup_failures
-        if failed and self.settings.model_control_mode == "none" and self.settings.exit_on_error:
+        if failed and self.settings.model_control_mode != "explicit" and self.settings.exit_on_error:
             self.repository.close()
+            self.ops.close()
             raise ModelLoadError(f"model(s) {', '.join(failed)} failed to load at start (reasons above); "
                                  "fix the repository, or pass --no-exit-on-error to serve the other models")
 
@@ -152,10 +161,12 @@ class TensorwireServer:
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         self.health.set("", status)
         self.health.set(pb.SERVICE_NAME, status)
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = None) -> ShutdownReport:
         """Refuse new RPCs, let those in flight finish (up to ``grace`` seconds), then close; say how it went."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
+        self.ops.stop()
         self.servicer.draining.set()
         self.health.enter_graceful_shutdown()
         started, finished = self.servicer.in_flight.snapshot()
@@ -165,6 +176,7 @@ class TensorwireServer:
         still_started, still_finished = self.servicer.in_flight.snapshot()
         cut = still_started - still_finished  # grpc cancelled these when the grace ran out
         self.repository.close()
+        self.ops.close()
         return ShutdownReport(in_flight=started - finished, cut=cut, grace_s=grace)
 
     def wait(self) -> None:
@@ -190,9 +202,10 @@ def serve(settings: ServerSettings, quiet: bool = False) -> int:
               f"(fastpath: {server.codec.name}; models ready: {models})", flush=True)
     while not stop.wait(0.5):
         server.refresh_health()
-    log.info("%s received: draining (grace %.1fs)", received[0] if received else "stop", settings.shutdown_grace_s)
+    event(log, "server_draining", "%s received: draining (grace %.1fs)", received[0] if received else "stop",
+          settings.shutdown_grace_s, signal=received[0] if received else "stop", grace_s=settings.shutdown_grace_s)
     report = server.stop()
-    log.info("%s", report.line())
+    event(log, "server_stopped", "%s", report.line(), port=server.port, in_flight=report.in_flight, cut=report.cut)
     if not quiet:
         print(report.line(), flush=True)
     return 0
@@ -200,6 +213,5 @@ def serve(settings: ServerSettings, quiet: bool = False) -> int:
 
 def serve_worker(settings: ServerSettings, index: int) -> None:
     """One process of ``--workers N`` (started by tensorwire.server.workers): log with its index, serve."""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s")
+    configure_logging(settings.log_format, settings.log_level, worker=index)
     raise SystemExit(serve(settings, quiet=True))

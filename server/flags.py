@@ -91,9 +91,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 def check_settings(s: ServerSettings) -> None:
     """Refuse settings that cannot work together, with the flag to change; nothing has started yet."""
-    if s.model_control_mode == "poll":
-        raise SettingsError("--model-control-mode poll is not available yet (repository polling is planned); "
-                            "use none (the default) or explicit")
+    if s.repository_poll_secs <= 0:
+        raise SettingsError(f"--repository-poll-secs must be positive, got {s.repository_poll_secs}")
+    if not 0.0 <= s.log_requests <= 1.0:
+        raise SettingsError(f"--log-requests is a share of requests from 0 to 1, got {s.log_requests}")
+    if not 0 <= s.metrics_port <= 65535:
+        raise SettingsError(f"--metrics-port must be a port number (0 for any free one), got {s.metrics_port}")
+    if s.allow_metrics and s.metrics_port and s.metrics_port == s.grpc_port and (
+            (s.metrics_address or s.host) == s.host):
+        raise SettingsError(f"--metrics-port {s.metrics_port} is also --grpc-port; give them different ports")
     if s.load_models and s.model_control_mode != "explicit":
         raise SettingsError("--load-model needs --model-control-mode explicit: in mode none every model of the "
                             "repository loads at start and none can be loaded later")

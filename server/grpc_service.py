@@ -72,7 +72,8 @@ class InferenceServicer:
     def is_ready(self) -> bool:
         if self.draining.is_set() or not self.started.is_set():
             return False
-        return not (self.repository.settings.strict_readiness and self.repository.startup_failures)
+        strict = self.repository.settings.strict_readiness  # Triton's: every model it was asked for is available
+        return not (strict and (self.repository.startup_failures or not self.repository.all_available()))
 
     def server_live(self, request, context):
         return pb.ServerLiveResponse(live=True)

@@ -100,10 +100,10 @@ def load_model_version(model_dir: Path, version: int, cfg, settings: ServerSetti
     if threads > 1 and len(sessions) == 1 and used == ["CPUExecutionProvider"] and not fixed:
         sessions, threads, threads_why = _tune_threads(ort, path, cfg, settings, plan, sessions, spec, threads)
     spec.config.parameters["intra_op_thread_count"].string_value = str(threads)  # what runs, as ModelConfig says
-    stats = ModelStatistics()
+    stats = ModelStatistics(histograms=settings.allow_metrics)
     scheduler = make_scheduler(spec, [make_runner(s, used, where) for s in sessions], stats, settings)
     log.info("%s: %d instance(s), %d intra-op thread(s) each (%s), %s, providers %s (%s%s)",
              where, len(sessions), threads, threads_why, type(scheduler).__name__, used, plan.reason,
              "; skipped " + ", ".join(plan.skipped) if plan.skipped else "")
     return Model(spec=spec, version=str(version), scheduler=scheduler, stats=stats, sessions=tuple(sessions),
-                 limits=RequestLimits.of(settings))
+                 limits=RequestLimits.of(settings), access_rate=settings.log_requests)

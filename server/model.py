@@ -14,13 +14,15 @@ context).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
 
-from tensorwire.errors import RequestError
+from tensorwire.errors import Cancelled, DeadlineExceeded, Internal, RequestError, ResourceExhausted
 from tensorwire.proto.messages import InferRequest, InferResponse, OutputTensor
 from tensorwire.server.model_config import ModelSpec
 from tensorwire.server.scheduler import Scheduler
@@ -37,6 +39,7 @@ from tensorwire.server.validation import (
 )
 
 log = logging.getLogger("tensorwire.model")
+access_log = logging.getLogger("tensorwire.access")
 
 # grpcio reports "no deadline" as a time_remaining() of about 2**63 seconds.
 _NO_DEADLINE_S = 1e9
@@ -76,6 +79,18 @@ class Call:
 ANY_CALLER = Call()
 
 
+def failure_reason(exc: BaseException) -> str:
+    """Triton's nv_inference_request_failure reason for a failed request: REJECTED (refused by a full
+    queue), CANCELED (the caller left or its deadline passed), BACKEND (the runtime failed), OTHER."""
+    if isinstance(exc, ResourceExhausted):
+        return "REJECTED"
+    if isinstance(exc, DeadlineExceeded | Cancelled):
+        return "CANCELED"
+    if isinstance(exc, Internal) or not isinstance(exc, RequestError):
+        return "BACKEND"
+    return "OTHER"
+
+
 @dataclass(eq=False)
 class Model:
     """A model version ready to serve: its spec, the scheduler in front of its instances, its statistics."""
@@ -92,6 +107,9 @@ class Model:
     # repeated input, the size bounds) before they are decoded.
     check_contents: Callable = field(init=False)
     response_bound: ResponseBound = field(init=False)
+    access_rate: float = 0.0  # share of requests written to the access log (--log-requests)
+    # Set by ``retire``: where a request that reaches this model after a reload or unload goes instead.
+    _resolve: Callable[[str, str], Model] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.lane = FastLane.of(self.spec)
@@ -106,6 +124,10 @@ class Model:
     def infer(self, request: InferRequest, call: Call = ANY_CALLER) -> InferResponse:
         """Prepare, schedule, package and record one request; a failure is recorded and raised."""
         start = time.perf_counter_ns()
+        self.stats.begin()  # before the retired check: a drain that saw no request pending saw this one's check
+        if self._resolve is not None:
+            self.stats.abandon()
+            return self._resolve(request.model_name, request.model_version).infer(request, call)
         try:
             prep = prepare_fast(request, self.lane) or prepare(request, self.spec, self.limits)
             bound = self.response_bound
@@ -117,14 +139,26 @@ class Model:
             if bound.after:  # dynamic output dims: the arrays' size, before anything is encoded
                 bound.check(prep, execution.outputs)
             response = self._package(request, prep, execution.outputs)
-        except RequestError:
-            self.stats.record_failure(time.perf_counter_ns() - start)
+        except BaseException as exc:
+            self.stats.record_failure(time.perf_counter_ns() - start, failure_reason(exc))
+            if self.access_rate and random.random() < self.access_rate:
+                self._access(request, getattr(exc, "code", grpc.StatusCode.INTERNAL).name, start)
             raise
         end = time.perf_counter_ns()
         times = RequestTimes(queue_ns=execution.queue_ns, compute_input_ns=prepared - start + execution.input_ns,
                              compute_infer_ns=execution.infer_ns, compute_output_ns=end - ran)
         self.stats.record_success(prep.batch_size, end - start, times)
+        if self.access_rate and random.random() < self.access_rate:
+            self._access(request, "OK", start, end)
         return response
+
+    def _access(self, request: InferRequest, status: str, start: int, end: int = 0) -> None:
+        """One access-log line (sampled by --log-requests): model, version, status, latency, request id."""
+        latency_us = ((end or time.perf_counter_ns()) - start) // 1000
+        access_log.info("request %s %s %s %dus id=%s", self.spec.name, self.version, status, latency_us,
+                        request.id or "-", extra={"event": "request", "fields": {
+                            "model": self.spec.name, "version": self.version, "status": status,
+                            "latency_us": latency_us, "request_id": request.id}})
 
     def _package(self, request: InferRequest, prep: PreparedRequest, arrays: list) -> InferResponse:
         datatypes = self.output_datatypes
@@ -138,3 +172,16 @@ class Model:
     def close(self) -> None:
         """Stop the scheduler: queued requests are answered UNAVAILABLE, batcher threads end."""
         self.scheduler.close()
+
+    def retire(self, resolve: Callable[[str, str], Model], drain_s: float) -> bool:
+        """Take this version out of service without failing what it already holds (a reload or unload).
+
+        Requests that arrive from now on go to ``resolve(name, version)`` (the repository's lookup, which
+        already maps to the new versions, or says the model is unloaded); those inside the model, queued
+        in its batcher included, finish here for up to ``drain_s`` seconds; then the scheduler stops.
+        False when some were still running at the timeout (they are answered UNAVAILABLE).
+        """
+        self._resolve = resolve
+        drained = self.stats.wait_idle(drain_s)
+        self.scheduler.close()
+        return drained

@@ -2,6 +2,11 @@
 
 ``models/<name>/config.pbtxt`` (optional) and ``models/<name>/<version>/model.onnx``. Every loaded
 version has its own ORT session; a request without a version gets the highest loaded one.
+
+Reloads behave as Triton's, and better (issue 11): a failed load of a READY model keeps the versions
+that serve, with the failure in RepositoryIndex and the log; replaced versions are retired, not closed,
+so what they already queued finishes; and the loads and unloads of one model run one at a time, in the
+order they arrive, so the last request wins.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from tensorwire import proto as pb
 from tensorwire.errors import ModelLoadError, NotFound, RequestError, Unavailable
 from tensorwire.server.limits import check_config_limits, check_model_name, contained, shown, valid_model_name
 from tensorwire.server.loader import load_model_version
+from tensorwire.server.logs import event
 from tensorwire.server.model import Model
 from tensorwire.server.model_config import (
     CONFIG_FILE,
@@ -38,6 +44,8 @@ class ModelEntry:
     state: str = UNLOADED
     reason: str = ""
     versions: dict[str, Model] = field(default_factory=dict)
+    # version ("" when the config itself failed) -> why its last load failed, while other versions serve
+    failed: dict[str, str] = field(default_factory=dict)
     # (versions dict, its newest model): ``versions`` is replaced, never changed in place, so the
     # newest is found once per load instead of once per request.
     _latest: tuple = (None, None)
@@ -74,7 +82,12 @@ class ModelRepository:
         self.settings = settings
         self._models: dict[str, ModelEntry] = {}
         self._lock = threading.RLock()
+        self._model_locks: dict[str, threading.Lock] = {}  # one per model: its loads and unloads, in turn
         self.startup_failures: list[str] = []
+
+    def _serial(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._model_locks.setdefault(name, threading.Lock())
 
     # -- discovery -------------------------------------------------------------------------
     def holds(self, name: str) -> bool:
@@ -113,29 +126,34 @@ class ModelRepository:
 
         ``config_json`` is RepositoryModelLoad's ``config`` override. The config, from the request or the
         directory, is checked first (the server's bounds; an override's model file must resolve inside each
-        version directory): a config refused there leaves the model as it was.
+        version directory). A failure leaves a READY model serving the versions it had.
         """
         check_model_name(name)
         if not self.holds(name):
             raise NotFound(f"model '{name}' is not in the model repository")
+        with self._serial(name):
+            return self._load(name, config_json)
+
+    def _load(self, name: str, config_json: str | None) -> ModelEntry:
         cfg, versions = self._checked_config(name, config_json)
         with self._lock:
             entry = self._models.setdefault(name, ModelEntry(name))
             if entry.state != READY:  # a reload keeps serving the old versions until the new ones are up
                 entry.state, entry.reason = LOADING, ""
+        at: list[str] = []
         try:
-            loaded = self._load_versions(name, cfg, versions)
+            loaded = self._load_versions(name, cfg, versions, at)
         except Exception as exc:  # whatever it was, the model gets a state with its reason
-            self._failed(entry, exc)
+            self._failed(entry, exc, at[-1] if at else "")
             raise _load_error(name, exc) from exc
         with self._lock:
             old = entry.versions
-            entry.versions, entry.state, entry.reason = loaded, READY, ""
+            entry.versions, entry.state, entry.reason, entry.failed = loaded, READY, "", {}
             if name in self.startup_failures:
                 self.startup_failures.remove(name)
-        for model in old.values():
-            model.close()
-        log.info("model '%s' ready, versions %s", name, ", ".join(loaded))
+        self._retire(name, old)
+        event(log, "model_loaded", "model '%s' ready, versions %s", name, ", ".join(loaded),
+              model=name, versions=",".join(loaded))
         return entry
 
     def _checked_config(self, name: str, config_json: str | None) -> tuple[object, list[int]]:
@@ -154,14 +172,18 @@ class ModelRepository:
                     contained(model_dir / str(v), cfg.default_model_filename or DEFAULT_MODEL_FILENAME, name)
         except Exception as exc:
             if config_json is None:  # the repository's own config: the model keeps the reason as its state
-                self._failed(self._models.setdefault(name, ModelEntry(name)), exc)
+                with self._lock:
+                    entry = self._models.setdefault(name, ModelEntry(name))
+                self._failed(entry, exc, "")
             raise _load_error(name, exc) from exc
         return cfg, versions
 
-    def _load_versions(self, name: str, cfg, versions: list[int]) -> dict[str, Model]:
+    def _load_versions(self, name: str, cfg, versions: list[int], at: list[str]) -> dict[str, Model]:
+        """Every version's Model, or the first failure (``at`` ends with the version being loaded)."""
         loaded: dict[str, Model] = {}
         try:
             for v in versions:
+                at.append(str(v))
                 per_version = pb.ModelConfig()
                 per_version.CopyFrom(cfg)
                 loaded[str(v)] = load_model_version(self.root / name, v, per_version, self.settings)
@@ -171,28 +193,54 @@ class ModelRepository:
             raise
         return loaded
 
-    def _failed(self, entry: ModelEntry, exc: BaseException) -> None:
+    def _failed(self, entry: ModelEntry, exc: BaseException, version: str) -> None:
+        """A load failed: a READY model keeps serving its versions, with the failure beside them; any other
+        becomes UNAVAILABLE with the reason."""
+        reason = str(_load_error(entry.name, exc))
         with self._lock:
-            old, entry.versions = entry.versions, {}
-            entry.state, entry.reason = UNAVAILABLE, str(_load_error(entry.name, exc))
-        for model in old.values():
-            model.close()
+            if entry.state == READY and entry.versions:
+                entry.failed = {version: reason}
+                serving = ", ".join(sorted(entry.versions, key=int))
+                old: dict[str, Model] = {}
+            else:
+                old, entry.versions, entry.failed = entry.versions, {}, {}
+                entry.state, entry.reason, serving = UNAVAILABLE, reason, ""
+        event(log, "model_load_failed", "model '%s'%s failed to load: %s%s", entry.name,
+              f" version {version}" if version else "", reason,
+              f"; still serving version(s) {serving}" if serving else "", level=logging.ERROR,
+              model=entry.name, version=version, reason=reason, serving=serving)
+        self._retire(entry.name, old)
+
+    def _retire(self, name: str, old: dict[str, Model]) -> None:
+        """Retire replaced or unloaded versions: they finish what they hold (up to --shutdown-grace)."""
+        if not old:
+            return
+        grace = self.settings.shutdown_grace_s
+        drained = all([model.retire(self.get, grace) for model in old.values()])
+        event(log, "model_drained", "model '%s' versions %s drained%s", name, ", ".join(old),
+              "" if drained else f" (requests still running after {grace:.1f}s were answered UNAVAILABLE)",
+              level=logging.INFO if drained else logging.WARNING, model=name, versions=",".join(old),
+              complete=drained)
 
     def unload(self, name: str) -> None:
         with self._lock:
-            entry = self._models.get(name)
-            if entry is None or entry.state == UNLOADED:
-                check_model_name(name)
-                if not self.holds(name):
-                    raise NotFound(f"model '{name}' is not in the model repository")
-                return
-            old = entry.versions
-            entry.versions, entry.state, entry.reason = {}, UNLOADED, "unloaded by request"
-            if name in self.startup_failures:
-                self.startup_failures.remove(name)
-        for model in old.values():
-            model.close()
-        log.info("model '%s' unloaded", name)
+            known = name in self._models
+        if not known:
+            check_model_name(name)
+            if not self.holds(name):
+                raise NotFound(f"model '{name}' is not in the model repository")
+        with self._serial(name):
+            with self._lock:
+                entry = self._models.get(name)
+                if entry is None or entry.state == UNLOADED:
+                    return
+                old = entry.versions
+                entry.versions, entry.failed = {}, {}
+                entry.state, entry.reason = UNLOADED, "unloaded by request"
+                if name in self.startup_failures:
+                    self.startup_failures.remove(name)
+            self._retire(name, old)
+        event(log, "model_unloaded", "model '%s' unloaded", name, model=name)
 
     # -- lookup ----------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> Model:
@@ -218,6 +266,11 @@ class ModelRepository:
                 )
             return model
 
+    def all_available(self) -> bool:
+        """Strict readiness: no model the server was asked to serve is loading or failed."""
+        with self._lock:
+            return not any(e.state in (UNAVAILABLE, LOADING) for e in self._models.values())
+
     def entry(self, name: str) -> ModelEntry | None:
         with self._lock:
             return self._models.get(name)
@@ -242,6 +295,8 @@ class ModelRepository:
                 entry = self._models.get(name, ModelEntry(name))
                 if entry.state == READY:
                     rows.extend((name, v, READY, "") for v in sorted(entry.versions, key=int))
+                    if not ready_only:  # a failed reload beside the versions that still serve
+                        rows.extend((name, v, UNAVAILABLE, why) for v, why in entry.failed.items())
                 elif not ready_only:
                     rows.append((name, "", entry.state, entry.reason))
         return rows

@@ -17,6 +17,7 @@ from typing import Any
 from tensorwire.fastpath import CODEC_CHOICES
 
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+LOG_FORMATS = ("default", "ISO8601", "json")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,13 @@ class ServerSettings:
     model_control_mode: str = setting(
         "none", choices=MODEL_CONTROL_MODES,
         help="none: every model loads at start, load/unload RPCs are refused; explicit: only --load-model "
-        "models load at start and load/unload RPCs work; poll: not available yet")
+        "models load at start and load/unload RPCs work; poll: every model loads at start and the repository is "
+        "rescanned every --repository-poll-secs (new models load, removed ones unload, changed ones reload; "
+        "load/unload RPCs are refused; docs/operations.md)")
+    repository_poll_secs: float = setting(
+        15.0, metavar="SECONDS",
+        help="with --model-control-mode poll: seconds between repository scans; a change loads once it has "
+        "stayed the same for one scan")
     load_models: list[str] = setting(
         factory=list, name="--load-model", metavar="NAME", repeat=True, shown="none",
         help="with --model-control-mode explicit: load this model at start (repeatable; * for all)")
@@ -204,7 +211,25 @@ class ServerSettings:
         help="raise glibc malloc's mmap/trim thresholds so large requests reuse memory instead of page-faulting it in")
     shutdown_grace_s: float = setting(
         10.0, name="--shutdown-grace", metavar="SECONDS", help="seconds in-flight requests get after SIGTERM/SIGINT")
-    log_level: str = setting("INFO", help="log level: DEBUG, INFO, WARNING, ERROR")
+    log_level: str = setting("INFO", parse=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                             help="log level")
+    log_format: str = setting(
+        "default", choices=LOG_FORMATS,
+        help="log line format: default (local time), ISO8601 (UTC, as Triton's), json (one object per line, with "
+        "each lifecycle event's fields)")
+    log_requests: float = setting(
+        0.0, metavar="RATE",
+        help="write this share of requests (0 to 1; 1: every one) to the access log: model, version, status, "
+        "latency, request id (0: off)")
+    # -- metrics (docs/operations.md) ---------------------------------------------------------------------
+    allow_metrics: bool = setting(
+        True, optional_bool=True,
+        help="serve Prometheus metrics over plaintext, unauthenticated HTTP at /metrics (Triton's names)")
+    metrics_port: int = setting(8002, help="metrics HTTP port; 0 picks a free one (see --metrics-port-file)")
+    metrics_address: str = setting(
+        "", shown="--host", metavar="ADDRESS", help="address the metrics endpoint listens on")
+    metrics_port_file: Path | None = setting(
+        None, parse=Path, metavar="FILE", shown="none", help="write the bound metrics port to this file once listening")
     # -- not flags: set by the worker supervisor --------------------------------------------------------
     # Cores this process's sessions share when the count is not set (0: its affinity mask). Worker
     # processes that share their CPUs get their part here, which leaves the load-time choice open.

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tensorwire.server.affinity import share_for_worker, usable_cpus
+from tensorwire.server.logs import event
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.workers")
@@ -53,6 +54,12 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
 
 
 WorkerMain = Callable[[ServerSettings, int], None]  # runs one worker process: (its settings, its index)
+
+
+def worker_metrics(tmp: Path, index: int) -> dict:
+    """A worker's metrics settings: its own endpoint on a free loopback port, which the parent's endpoint
+    (tensorwire.server.metrics.WorkerAggregate) reads and sums; the operator sees only the parent's."""
+    return {"metrics_address": "127.0.0.1", "metrics_port": 0, "metrics_port_file": tmp / f"worker-{index}.metrics"}
 
 
 def worker_context(worker_main: WorkerMain) -> multiprocessing.context.BaseContext:
@@ -87,7 +94,7 @@ class Supervisor:
             settings, grpc_port=port, reuse_port=True, workers=1,
             cpu_affinity=share_for_worker(settings.cpu_affinity, i, n),
             session_cpus=max(1, (len(settings.cpu_affinity) or usable_cpus()) // n) if shared else 0,
-            port_file=tmp / f"worker-{i}.port")) for i in range(n)]
+            port_file=tmp / f"worker-{i}.port", **worker_metrics(tmp, i))) for i in range(n)]
         self.deaths: deque[float] = deque()
         self.crash_loop = False
 
@@ -96,8 +103,9 @@ class Supervisor:
         slot.process = self.ctx.Process(target=self.worker_main, args=(slot.settings, slot.index),
                                         name=f"tensorwire-worker-{slot.index}")
         slot.process.start()
-        log.info("worker %d started (pid %d)%s", slot.index, slot.process.pid,
-                 f", replacement {slot.restarts}" if slot.restarts else "")
+        event(log, "worker_started", "worker %d started (pid %d)%s", slot.index, slot.process.pid,
+              f", replacement {slot.restarts}" if slot.restarts else "", worker=slot.index, pid=slot.process.pid,
+              replacement=slot.restarts)
 
     def wait_started(self, stop: threading.Event) -> bool:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -116,7 +124,9 @@ class Supervisor:
             self.deaths.append(now)
             while self.deaths and now - self.deaths[0] > CRASH_LOOP_WINDOW_S:
                 self.deaths.popleft()
-            log.error("worker %d (pid %d) exited with %s", slot.index, slot.process.pid, slot.process.exitcode)
+            event(log, "worker_exited", "worker %d (pid %d) exited with %s", slot.index, slot.process.pid,
+                  slot.process.exitcode, level=logging.ERROR, worker=slot.index, pid=slot.process.pid,
+                  code=slot.process.exitcode)
             if len(self.deaths) > CRASH_LOOP_LIMIT:
                 log.error("%d worker exits within %.0f s: a crash loop; stopping the server", len(self.deaths),
                           CRASH_LOOP_WINDOW_S)
@@ -140,6 +150,8 @@ class Supervisor:
                 slot.process.kill()
                 slot.process.join()
             codes.append(slot.process.exitcode)
+            event(log, "worker_exited", "worker %d (pid %d) exited with %s", slot.index, slot.process.pid,
+                  slot.process.exitcode, worker=slot.index, pid=slot.process.pid, code=slot.process.exitcode)
         return codes
 
 
@@ -155,7 +167,11 @@ def serve_workers(settings: ServerSettings, worker_main: WorkerMain) -> int:
         for slot in supervisor.slots:
             supervisor.start(slot)
         started = supervisor.wait_started(stop)
+        metrics = None
         if started:
+            from tensorwire.server.metrics import start_parent_metrics
+
+            metrics = start_parent_metrics(settings, [s.settings.metrics_port_file for s in supervisor.slots])
             if settings.port_file:
                 settings.port_file.write_text(str(port))
             pids = ", ".join(str(s.process.pid) for s in supervisor.slots)
@@ -166,6 +182,8 @@ def serve_workers(settings: ServerSettings, worker_main: WorkerMain) -> int:
         else:
             log.error("workers did not all start")
         codes = supervisor.stop_all()
+        if metrics is not None:
+            metrics.close()
     ok = started and stop.is_set() and not supervisor.crash_loop and all(c == 0 for c in codes)
     restarts = sum(s.restarts for s in supervisor.slots)
     print(f"tensorwire: workers exited with {codes} after {restarts} replacement(s)"

@@ -118,7 +118,7 @@ def test_mode_none_exits_when_a_model_fails_at_start(tmp_path):
     --exit-on-error), said on stderr; --no-exit-on-error serves the others, not ready while strict."""
     repo = _broken_repository(tmp_path / "models")
     out = subprocess.run([sys.executable, "-m", "tensorwire", "serve", "--model-repository", str(repo),
-                          "--grpc-port", "0"], capture_output=True, text=True, timeout=120)
+                          "--grpc-port", "0", "--metrics-port", "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "model(s) broken, wrong_type failed to load at start" in out.stderr
     assert "--no-exit-on-error" in out.stderr

@@ -65,7 +65,7 @@ def test_default_mode_refuses_load_and_unload_and_serves_the_rest(triton):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--model-control-mode", "poll"), "--model-control-mode poll is not available yet"),
+    (("--model-control-mode", "poll", "--repository-poll-secs", "0"), "--repository-poll-secs must be positive"),
     (("--load-model", "add_sub"), "--load-model needs --model-control-mode explicit"),
     (("--model-control-mode", "explicit", "--workers", "2"), "cannot be used with --workers 2"),
 ])

@@ -28,9 +28,10 @@ def _add_serve(sub) -> None:
 def _run_serve(args) -> int:
     from tensorwire.errors import SettingsError, TensorwireError
     from tensorwire.server.flags import settings_from_args
+    from tensorwire.server.logs import configure_logging
     from tensorwire.server.session import import_onnxruntime
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_format, args.log_level)
     try:
         import_onnxruntime()
         settings = settings_from_args(args)
@@ -54,6 +55,34 @@ def _run_serve(args) -> int:
     except TensorwireError as exc:
         print(f"tensorwire: {exc}", file=sys.stderr)
         return 1
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="load every model of a repository the way serve would; non-zero on a failure",
+                       description="Load and warm up every model of a model repository exactly as `tensorwire "
+                       "serve` loads them (config, graph, config-vs-graph, one inference); prints a table and "
+                       "exits 1 if any model fails, for CI pipelines that ship repositories.")
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"), metavar="DIR",
+                   help="Triton-layout model repository to check (default: model_repository)")
+    p.add_argument("--providers", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=[],
+                   metavar="LIST", help="execution providers to try, in order, as serve's --providers "
+                   "(default: each model's config, else tensorrt,cuda,cpu as available)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args) -> int:
+    from tensorwire.errors import TensorwireError
+    from tensorwire.server.check import run_check
+    from tensorwire.server.session import import_onnxruntime
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import_onnxruntime()
+        return run_check(args.model_repository, args.json, args.providers)
+    except (TensorwireError, FileNotFoundError) as exc:
+        print(f"tensorwire: {exc}", file=sys.stderr)
+        return 2
 
 
 def _add_demo(sub) -> None:
@@ -87,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_plugin(sub, "tensorwire.export.cli")
     _add_serve(sub)
+    _add_check(sub)
     _add_demo(sub)
     _add_plugin(sub, "tensorwire.bench.cli")
     return parser

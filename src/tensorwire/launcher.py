@@ -32,6 +32,11 @@ class ServerProcess:
     process: subprocess.Popen
     log_path: Path
     final_log: str | None = None  # kept once the server has stopped (its temporary log file is gone)
+    metrics_port: int | None = None  # `tensorwire serve`'s metrics endpoint (its --metrics-port-file)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def log(self) -> str:
         if self.final_log is not None:
@@ -81,8 +86,11 @@ def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit:
             stop_timeout_s: float, tls: TLS | None, headers: dict | None) -> Iterator[ServerProcess]:
     stamp = f"{os.getpid()}-{time.monotonic_ns()}"
     port_file = workdir / f"port-{stamp}"
+    metrics_file = workdir / f"metrics-port-{stamp}"
     log_path = workdir / f"server-{stamp}.log"
     server = None
+    if "serve" in command and "--metrics-port" in command:  # where its metrics port went (with port 0)
+        command = [*command, "--metrics-port-file", str(metrics_file)]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([*command, "--port-file", str(port_file)], stdout=log_file,
                                 stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -94,7 +102,8 @@ def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit:
             time.sleep(0.05)
         address = f"127.0.0.1:{port_file.read_text().strip()}"
         _wait_live(address, proc, log_path, deadline, tls, headers)
-        server = ServerProcess(address, proc, log_path)
+        metrics_text = metrics_file.read_text().strip() if metrics_file.exists() else ""
+        server = ServerProcess(address, proc, log_path, metrics_port=int(metrics_text) if metrics_text else None)
         yield server
     finally:
         if proc.poll() is None:
@@ -113,9 +122,9 @@ def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit:
 
 
 def tensorwire_server(repository: Path, *extra_args: str, **kw) -> contextlib.AbstractContextManager[ServerProcess]:
-    """`tensorwire serve` on 127.0.0.1 and a free port."""
+    """`tensorwire serve` on 127.0.0.1 and a free port (its metrics endpoint too, unless ``extra_args`` say)."""
     args = ["-m", "tensorwire", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
-            "--grpc-port", "0", *extra_args]
+            "--grpc-port", "0", "--metrics-port", "0", *extra_args]
     return launch(args, **kw)
 
 
