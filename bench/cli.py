@@ -1,4 +1,5 @@
-"""`tensorwire bench compare | load | overhead | codec | fastpath | batching | alignment | resilience | ab | report`.
+"""`tensorwire bench compare | load | overhead | codec | fastpath | batching | alignment | resilience | ab | memory
+| report`.
 
 Every subcommand is built the same way: its module declares its flags (``add_arguments(parser)``) and
 turns them into a run (``run(args) -> exit code``); this table only names the modules. Modules keep
@@ -23,6 +24,7 @@ COMMANDS = {
     "alignment": ("tensorwire.bench.alignment", "ONNX Runtime on aligned vs misaligned input views"),
     "resilience": ("tensorwire.bench.resilience", "stalled clients and a killed worker: what the others still get"),
     "ab": ("tensorwire.bench.ab", "two installations side by side (before/after figures)"),
+    "memory": ("tensorwire.bench.memory", "peak server memory per hostile request vs a bare grpcio receive"),
     "report": ("tensorwire.bench.report", "re-draw the markdown and plots of a saved result JSON"),
 }
 

@@ -1,7 +1,7 @@
 """Wire codecs for the inference hot path: the Cython extension, or its pure-Python twin.
 
-Both expose the same three functions (``decode_infer_request``, ``encode_infer_response``,
-``encode_stream_response``) over the plain objects of ``tensorwire.proto.messages``.
+Both expose the same four functions (``peek_infer_request``, ``decode_infer_request``,
+``encode_infer_response``, ``encode_stream_response``) over the plain objects of ``tensorwire.proto.messages``.
 ``load_codec("auto")`` takes the extension when it is built and the twin otherwise;
 ``TENSORWIRE_FASTPATH=twin`` (or ``tensorwire serve --fastpath twin``) forces the twin.
 """
@@ -20,7 +20,8 @@ CODEC_CHOICES = ("auto", "ext", "twin")
 @dataclass(frozen=True)
 class Codec:
     name: str  # "ext" or "twin"
-    decode_infer_request: Callable
+    peek_infer_request: Callable  # bytes -> (model_name, model_version), tensors untouched
+    decode_infer_request: Callable  # (bytes, check=None) -> InferRequest
     encode_infer_response: Callable
     encode_stream_response: Callable
 
@@ -28,6 +29,7 @@ class Codec:
 def _codec_of(module: ModuleType, name: str) -> Codec:
     return Codec(
         name=name,
+        peek_infer_request=module.peek_infer_request,
         decode_infer_request=module.decode_infer_request,
         encode_infer_response=module.encode_infer_response,
         encode_stream_response=module.encode_stream_response,

@@ -341,12 +341,33 @@ cdef class _Decoder:
 
     # -- messages ------------------------------------------------------------------------------------
 
-    cdef object request(self):
+    cdef tuple head(self):
+        """(model_name, model_version): the top level walked, every other field skipped unparsed."""
+        cdef Py_ssize_t pos = 0, end = self.n, at, ln = 0
+        cdef uint32_t tag = 0, field
+        cdef str model_name = "", model_version = ""
+        while pos < end:
+            at = pos
+            self.tag(&pos, end, &tag)
+            field = tag >> 3
+            if (tag & 7) != WT_LEN:
+                self.skip(&pos, end, tag, at, 0)
+                continue
+            self.length(&pos, end, &ln)
+            if field == 1:
+                model_name = self.text(pos, ln, at, "model_name")
+            elif field == 2:
+                model_version = self.text(pos, ln, at, "model_version")
+            pos += ln
+        return model_name, model_version
+
+    cdef object request(self, object check):
         cdef Py_ssize_t pos = 0, end = self.n, at, ln = 0, start
         cdef uint32_t tag = 0, field
         cdef str model_name = "", model_version = "", rid = ""
         cdef dict params = {}
         cdef list inputs = [], outputs = [], raw = []
+        cdef list pending = []   # (input, [(start, end) of each contents occurrence]) in input order
         mv = self.mv
         while pos < end:
             at = pos
@@ -361,7 +382,7 @@ cdef class _Decoder:
             if field == 7:
                 raw.append(mv[start:pos])
             elif field == 5:
-                inputs.append(self.input(start, pos))
+                inputs.append(self.input(start, pos, pending))
             elif field == 1:
                 model_name = self.text(start, ln, at, "model_name")
             elif field == 2:
@@ -372,6 +393,8 @@ cdef class _Decoder:
                 self.map_entry(start, pos, 1, params)
             else:
                 outputs.append(self.output(start, pos))
+        if pending:
+            self.contents_of(pending, check)
         r = _new(InferRequest)
         _put(r, R_MODEL_NAME, model_name)
         _put(r, R_MODEL_VERSION, model_version)
@@ -465,15 +488,123 @@ cdef class _Decoder:
         _put(o, O_PARAMETERS, params)
         return o
 
-    cdef object input(self, Py_ssize_t pos, Py_ssize_t end):
+    cdef object input(self, Py_ssize_t pos, Py_ssize_t end, list pending):
+        """One InferInputTensor; its contents occurrences are only noted in ``pending``, for later."""
         cdef Py_ssize_t at, ln = 0, start
         cdef uint32_t tag = 0, field, wt
         cdef uint64_t v = 0
-        cdef Acc accs[8]
-        cdef int i
         cdef str name = "", datatype = ""
         cdef list shape = []
         cdef dict params = {}
+        cdef list ranges = None
+        while pos < end:
+            at = pos
+            self.tag(&pos, end, &tag)
+            field = tag >> 3
+            wt = tag & 7
+            if field == 3 and wt == WT_VARINT:
+                self.varint(&pos, end, &v)
+                shape.append(<int64_t>v)
+                continue
+            if wt != WT_LEN or field > 5:
+                self.skip(&pos, end, tag, at, 1)
+                continue
+            self.length(&pos, end, &ln)
+            start = pos
+            pos += ln
+            if field == 5:
+                if ranges is None:
+                    ranges = []
+                ranges.append((start, pos))
+            elif field == 1:
+                name = self.text(start, ln, at, "input name")
+            elif field == 2:
+                datatype = self.text(start, ln, at, "datatype")
+            elif field == 3:
+                while start < pos:
+                    self.varint(&start, pos, &v)
+                    shape.append(<int64_t>v)
+            else:
+                self.map_entry(start, pos, 2, params)
+        t = _new(InputTensor)
+        _put(t, I_NAME, name)
+        _put(t, I_DATATYPE, datatype)
+        _put(t, I_SHAPE, tuple(shape))
+        _put(t, I_PARAMETERS, params)
+        _put(t, I_CONTENTS, {})  # what a check sees; contents_of puts the decoded dict in its place
+        if ranges is not None:
+            pending.append((t, ranges))
+        return t
+
+    cdef int contents_of(self, list pending, object check) except -1:
+        """Typed contents, once the whole message is known to be well formed: with a ``check``, every
+        occurrence is first walked and counted (a structural fault raises here, before the check), then
+        ``check([(input, {field: count}), ...])`` runs once, and only then is anything allocated."""
+        if check is not None:
+            counted = [(t, self.count(ranges)) for t, ranges in pending]
+            counted = [(t, c) for t, c in counted if c]
+            if counted:
+                check(counted)
+        for t, ranges in pending:
+            _put(t, I_CONTENTS, self.decode_contents(ranges))
+        return 0
+
+    cdef dict count(self, list ranges):
+        """{field name: elements} over every contents occurrence of one input, nothing allocated."""
+        cdef Py_ssize_t n[9]
+        cdef Py_ssize_t pos, end, at, ln = 0, p, size
+        cdef uint32_t tag = 0, field, wt
+        cdef uint64_t v = 0
+        cdef int i
+        for i in range(9):
+            n[i] = 0
+        for pos, end in ranges:
+            while pos < end:
+                at = pos
+                self.tag(&pos, end, &tag)
+                field = tag >> 3
+                wt = tag & 7
+                if F_BOOL <= field <= F_FP64 and wt == WT_LEN:
+                    self.length(&pos, end, &ln)
+                    p = pos
+                    pos += ln
+                    if field >= F_FP32:
+                        size = _itemsize(field)
+                        if ln % size:
+                            self.fail(f"packed {_FIELDS[field]} of {ln} bytes is not a multiple of {size}", at)
+                        n[field] += ln // size
+                        continue
+                    if ln and self.b[pos - 1] & 0x80:
+                        self.fail(f"truncated varint in packed {_FIELDS[field]}", pos - 1)
+                    while p < pos:
+                        if self.b[p] < 0x80:
+                            p += 1
+                        elif _read_varint(self.b, &p, pos, &v):
+                            self.varint(&p, pos, &v)  # raises with the offset
+                        n[field] += 1
+                    continue
+                if F_BOOL <= field <= F_FP64 and <int>wt == _wire_type(field):
+                    if wt == WT_VARINT:
+                        self.varint(&pos, end, &v)
+                    else:
+                        size = _itemsize(field)
+                        if end - pos < size:
+                            self.fail(f"truncated {_FIELDS[field]} element", at)
+                        pos += size
+                    n[field] += 1
+                    continue
+                if field == F_BYTES and wt == WT_LEN:
+                    self.length(&pos, end, &ln)
+                    pos += ln
+                    n[field] += 1
+                    continue
+                self.skip(&pos, end, tag, at, 2)
+        return {_FIELDS[i]: n[i] for i in range(F_BOOL, F_BYTES + 1) if n[i]}
+
+    cdef dict decode_contents(self, list ranges):
+        """One input's contents: every occurrence merged, as the twin's dict."""
+        cdef Acc accs[8]
+        cdef int i
         cdef list items = None
         for i in range(8):
             accs[i].data = NULL
@@ -482,44 +613,12 @@ cdef class _Decoder:
             accs[i].view_off = -1
             accs[i].view_count = 0
         try:
-            while pos < end:
-                at = pos
-                self.tag(&pos, end, &tag)
-                field = tag >> 3
-                wt = tag & 7
-                if field == 3 and wt == WT_VARINT:
-                    self.varint(&pos, end, &v)
-                    shape.append(<int64_t>v)
-                    continue
-                if wt != WT_LEN or field > 5:
-                    self.skip(&pos, end, tag, at, 1)
-                    continue
-                self.length(&pos, end, &ln)
-                start = pos
-                pos += ln
-                if field == 5:
-                    items = self.contents(start, pos, accs, items)
-                elif field == 1:
-                    name = self.text(start, ln, at, "input name")
-                elif field == 2:
-                    datatype = self.text(start, ln, at, "datatype")
-                elif field == 3:
-                    while start < pos:
-                        self.varint(&start, pos, &v)
-                        shape.append(<int64_t>v)
-                else:
-                    self.map_entry(start, pos, 2, params)
-            contents = self.finish(accs, items)
+            for start, stop in ranges:
+                items = self.contents(start, stop, accs, items)
+            return self.finish(accs, items)
         finally:
             for i in range(8):
                 free(accs[i].data)
-        t = _new(InputTensor)
-        _put(t, I_NAME, name)
-        _put(t, I_DATATYPE, datatype)
-        _put(t, I_SHAPE, tuple(shape))
-        _put(t, I_PARAMETERS, params)
-        _put(t, I_CONTENTS, contents)
-        return t
 
     cdef list contents(self, Py_ssize_t pos, Py_ssize_t end, Acc* accs, list items):
         """One occurrence of InferTensorContents, merged into ``accs``/``items`` (bytes_contents)."""
@@ -616,9 +715,18 @@ cdef class _Decoder:
         return out
 
 
-def decode_infer_request(buf):
-    """Decode ModelInferRequest wire bytes (any buffer); raw contents are views into ``buf``."""
-    return _Decoder(buf).request()
+def peek_infer_request(buf):
+    """(model_name, model_version) of ModelInferRequest wire bytes, no tensor decoded (see twin)."""
+    return _Decoder(buf).head()
+
+
+def decode_infer_request(buf, check=None):
+    """Decode ModelInferRequest wire bytes (any buffer); raw contents are views into ``buf``.
+
+    ``check([(input, {field: count}), ...])`` runs once for the inputs with typed contents before any of
+    them is allocated (twin.ContentsCheck), so a caller refuses a hostile count at the cost of one walk.
+    """
+    return _Decoder(buf).request(check)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ It parses and builds messages with the protobuf classes of ``tensorwire.proto``;
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from tensorwire import proto as pb
@@ -57,28 +60,70 @@ def _contents(c) -> dict:
     return out
 
 
-def decode_infer_request(buf: bytes) -> InferRequest:
-    """Decode ModelInferRequest wire bytes."""
+# The contents check a caller may pass to decode_infer_request: called once per request that carries
+# typed contents, with [(input, {field name: element count}), ...] for those inputs in input order (their
+# contents still empty), before any element is decoded; it raises to refuse the request.
+ContentsCheck = Callable[[list[tuple[InputTensor, dict[str, int]]]], None]
+
+
+def _head_class():
+    """ModelInferRequest with only fields 1 and 2: parsing it walks the top level and skips the rest."""
+    fdp = descriptor_pb2.FileDescriptorProto(name="tensorwire_request_head.proto", package="tensorwire.head",
+                                             syntax="proto3")
+    msg = fdp.message_type.add(name="ModelInferRequestHead")
+    for number, name in ((1, "model_name"), (2, "model_version")):
+        msg.field.add(name=name, number=number, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                      label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorwire.head.ModelInferRequestHead"))
+
+
+_Head = _head_class()
+
+
+def peek_infer_request(buf: bytes) -> tuple[str, str]:
+    """(model_name, model_version) of ModelInferRequest wire bytes, without decoding any tensor.
+
+    The server looks the model up with these before paying for the body. Every other field is skipped
+    as unknown (length-delimited ones by their length), so this raises only for faults of the top level,
+    which decode_infer_request raises for too; a body that peeks cleanly may still fail to decode.
+    """
+    msg = _Head()
+    try:
+        msg.ParseFromString(bytes(buf))
+    except DecodeError as exc:
+        raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+    return msg.model_name, msg.model_version
+
+
+def decode_infer_request(buf: bytes, check: ContentsCheck | None = None) -> InferRequest:
+    """Decode ModelInferRequest wire bytes; ``check`` sees each input's typed-contents counts first.
+
+    The order is the extension's: every structural fault of the message first, then ``check`` once for
+    the inputs with typed contents, then the contents are converted.
+    """
     msg = pb.ModelInferRequest()
     try:
         msg.ParseFromString(bytes(buf))
     except DecodeError as exc:
         raise InvalidArgument(f"malformed ModelInferRequest: {exc}") from None
+    inputs = [InputTensor(name=t.name, datatype=t.datatype, shape=tuple(t.shape),
+                          parameters=_params(t.parameters), contents={}) for t in msg.inputs]
+    if check is not None:
+        counted = [(inp, {fd.name: len(values) for fd, values in t.contents.ListFields()})
+                   for inp, t in zip(inputs, msg.inputs)]
+        counted = [(inp, counts) for inp, counts in counted if counts]
+        if counted:
+            check(counted)
+    for inp, t in zip(inputs, msg.inputs):
+        inp.contents = _contents(t.contents)
     return InferRequest(
         model_name=msg.model_name,
         model_version=msg.model_version,
         id=msg.id,
         parameters=_params(msg.parameters),
-        inputs=[
-            InputTensor(
-                name=t.name,
-                datatype=t.datatype,
-                shape=tuple(t.shape),
-                parameters=_params(t.parameters),
-                contents=_contents(t.contents),
-            )
-            for t in msg.inputs
-        ],
+        inputs=inputs,
         outputs=[RequestedOutput(name=o.name, parameters=_params(o.parameters)) for o in msg.outputs],
         raw_input_contents=list(msg.raw_input_contents),
     )

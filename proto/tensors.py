@@ -98,24 +98,31 @@ def array_from_raw(buf, dt: Datatype, shape: tuple[int, ...], tensor: str) -> np
     return arr.reshape(shape)
 
 
-def array_from_contents(contents: dict, dt: Datatype, shape: tuple[int, ...], tensor: str) -> np.ndarray:
-    """The array typed InferTensorContents hold, converted to the tensor's datatype."""
+def check_contents_counts(counts: dict[str, int], dt: Datatype, shape: tuple[int, ...], tensor: str) -> int:
+    """The element count of typed contents given as {field: count}, checked against the datatype's field
+    and the shape; the codecs call it (via the server's check) before decoding a single element."""
     if dt.contents_field is None:
         raise InvalidArgument(
             f"{tensor}: datatype {dt.name} has no typed contents field; send it in raw_input_contents"
         )
-    wrong = [f for f in contents if f != dt.contents_field]
+    wrong = [f for f in counts if f != dt.contents_field]
     if wrong:
         raise InvalidArgument(
             f"{tensor}: datatype {dt.name} expects contents in '{dt.contents_field}', got {', '.join(wrong)}"
         )
-    values = contents.get(dt.contents_field)
-    got = 0 if values is None else len(values)
+    got = counts.get(dt.contents_field, 0)
     count = element_count(shape)
     if got != count:
         raise InvalidArgument(
             f"{tensor}: {dt.contents_field} holds {got} elements but shape {format_shape(shape)} needs {count}"
         )
+    return count
+
+
+def array_from_contents(contents: dict, dt: Datatype, shape: tuple[int, ...], tensor: str) -> np.ndarray:
+    """The array typed InferTensorContents hold, converted to the tensor's datatype."""
+    count = check_contents_counts({f: len(v) for f, v in contents.items()}, dt, shape, tensor)
+    values = contents.get(dt.contents_field)
     if dt.name == "BYTES":
         arr = np.empty(count, dtype=object)
         if count:

@@ -112,7 +112,7 @@ def check_settings(s: ServerSettings) -> None:
         raise SettingsError(f"--workers must be at least 1, got {s.workers}")
     for name in ("limit_instance_count", "limit_thread_count", "limit_max_batch_size", "limit_queue_size",
                  "limit_queue_delay_us", "limit_warmup_mb", "max_message_mb", "max_concurrent_rpcs",
-                 "grpc_max_concurrent_streams"):
+                 "grpc_max_concurrent_streams", "max_bytes_elements", "max_typed_contents_mb"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
     if s.handler_threads < 0:

@@ -160,8 +160,12 @@ class InferenceServicer:
         return self.codec.encode_infer_response(self._infer(request_bytes, Call.of_grpc(context)))
 
     def _infer(self, request_bytes: bytes, call: Call):
-        request = self.codec.decode_infer_request(request_bytes)
-        return self.repository.get(request.model_name, request.model_version).infer(request, call)
+        """The model first (peek reads fields 1-2 only), then the body, decoded under that model's bounds:
+        an unknown model or a hostile count costs nothing beyond grpcio's receive (docs/resilience.md)."""
+        name, version = self.codec.peek_infer_request(request_bytes)
+        model = self.repository.get(name, version)
+        request = self.codec.decode_infer_request(request_bytes, model.check_contents)
+        return model.infer(request, call)
 
     def model_stream_infer(self, request_iterator: Iterator[bytes], context) -> Iterator[bytes]:
         """Answer each streamed request in order; a failed one gets error_message, the stream goes on."""

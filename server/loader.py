@@ -17,6 +17,7 @@ from tensorwire.server.session import import_onnxruntime, make_runner, session_o
 from tensorwire.server.settings import ServerSettings
 from tensorwire.server.statistics import ModelStatistics
 from tensorwire.server.threads import faster_thread_count, warmup_feeds
+from tensorwire.server.validation import RequestLimits
 
 log = logging.getLogger("tensorwire.loader")
 
@@ -105,4 +106,4 @@ def load_model_version(model_dir: Path, version: int, cfg, settings: ServerSetti
              where, len(sessions), threads, threads_why, type(scheduler).__name__, used, plan.reason,
              "; skipped " + ", ".join(plan.skipped) if plan.skipped else "")
     return Model(spec=spec, version=str(version), scheduler=scheduler, stats=stats, sessions=tuple(sessions),
-                 access_rate=settings.log_requests)
+                 limits=RequestLimits.of(settings), access_rate=settings.log_requests)

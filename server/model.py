@@ -27,7 +27,16 @@ from tensorwire.proto.messages import InferRequest, InferResponse, OutputTensor
 from tensorwire.server.model_config import ModelSpec
 from tensorwire.server.scheduler import Scheduler
 from tensorwire.server.statistics import ModelStatistics, RequestTimes
-from tensorwire.server.validation import FastLane, PreparedRequest, prepare, prepare_fast
+from tensorwire.server.validation import (
+    DEFAULT_LIMITS,
+    FastLane,
+    PreparedRequest,
+    RequestLimits,
+    ResponseBound,
+    contents_check,
+    prepare,
+    prepare_fast,
+)
 
 log = logging.getLogger("tensorwire.model")
 access_log = logging.getLogger("tensorwire.access")
@@ -91,8 +100,13 @@ class Model:
     scheduler: Scheduler
     stats: ModelStatistics = field(default_factory=ModelStatistics)
     sessions: tuple = ()  # the ORT sessions behind the instances, for what they report (thread counts)
+    limits: RequestLimits = DEFAULT_LIMITS  # what one request may cost (the server's flags)
     lane: FastLane = field(init=False)  # the spec precomputed for validation's fast lane
     output_datatypes: dict[str, str] = field(init=False)  # output name -> KServe datatype name
+    # Passed to the codec's decode: refuses typed contents this model cannot take (shape, datatype, count, a
+    # repeated input, the size bounds) before they are decoded.
+    check_contents: Callable = field(init=False)
+    response_bound: ResponseBound = field(init=False)
     access_rate: float = 0.0  # share of requests written to the access log (--log-requests)
     # Set by ``retire``: where a request that reaches this model after a reload or unload goes instead.
     _resolve: Callable[[str, str], Model] | None = field(default=None, init=False, repr=False)
@@ -100,6 +114,8 @@ class Model:
     def __post_init__(self) -> None:
         self.lane = FastLane.of(self.spec)
         self.output_datatypes = {t.name: t.datatype.name for t in self.spec.outputs}
+        self.check_contents = contents_check(self.spec, self.limits)
+        self.response_bound = ResponseBound.of(self.spec, self.limits)
 
     @property
     def name(self) -> str:
@@ -113,10 +129,15 @@ class Model:
             self.stats.abandon()
             return self._resolve(request.model_name, request.model_version).infer(request, call)
         try:
-            prep = prepare_fast(request, self.lane) or prepare(request, self.spec)
+            prep = prepare_fast(request, self.lane) or prepare(request, self.spec, self.limits)
+            bound = self.response_bound
+            if bound.before:  # only models whose largest static answer exceeds --max-message-mb
+                bound.check(prep)
             prepared = time.perf_counter_ns()
             execution = self.scheduler.execute(prep, call)
             ran = time.perf_counter_ns()
+            if bound.after:  # dynamic output dims: the arrays' size, before anything is encoded
+                bound.check(prep, execution.outputs)
             response = self._package(request, prep, execution.outputs)
         except BaseException as exc:
             self.stats.record_failure(time.perf_counter_ns() - start, failure_reason(exc))

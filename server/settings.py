@@ -139,6 +139,12 @@ class ServerSettings:
     # -- requests and threads ------------------------------------------------------------------------------
     max_message_mb: float = setting(
         64.0, help="largest request and response in MiB (the default fits a batch of 64 3x224x224 FP32 images)")
+    max_bytes_elements: int = setting(
+        1 << 16, help="most BYTES (string) elements one input may carry; each costs ~300 bytes of Python objects "
+        "and ONNX Runtime strings whatever its length, so this bounds a request's memory (docs/resilience.md)")
+    max_typed_contents_mb: float = setting(
+        16.0, help="largest typed contents (InferTensorContents) of one request, all inputs, once decoded, in MiB; a "
+        "one-byte varint decodes to up to 8 bytes, so this bounds what typed requests cost; raw inputs are views")
     handler_threads: int = setting(
         0, shown="0: as many as --max-concurrent-rpcs",
         help="threads running RPC handlers. A call holds one from its start, also while its client is still "

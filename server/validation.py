@@ -2,31 +2,154 @@
 
 Everything a client can get wrong is caught here, before ONNX Runtime runs, and answered with
 INVALID_ARGUMENT and a message that names the tensor, what came and what was expected.
+
+What a request may cost is bounded here too (:class:`RequestLimits`, docs/resilience.md "Memory per
+request"): :func:`contents_check` runs inside the codec, before typed contents are decoded; the BYTES
+element bound before raw BYTES are split; :class:`ResponseBound` before the run (static output dims)
+and after it (dynamic ones), so an answer that could not be sent is refused instead of encoded.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from tensorwire.errors import InvalidArgument
-from tensorwire.proto.messages import InferRequest
+from tensorwire.errors import InvalidArgument, ResourceExhausted
+from tensorwire.proto.datatypes import CONTENTS_FIELD_DTYPES
+from tensorwire.proto.messages import InferRequest, InputTensor
 from tensorwire.proto.tensors import (
     array_from_contents,
     array_from_raw,
+    check_contents_counts,
     datatype,
     element_count,
     format_shape,
 )
 from tensorwire.server.model_config import ModelSpec, TensorSpec
 from tensorwire.server.scratch import aligned_copy
+from tensorwire.server.settings import ServerSettings
 
 # Request/output parameter that asks for typed InferTensorContents instead of raw bytes
 # (the same name Triton's HTTP protocol uses for its binary tensor extension).
 BINARY_DATA = "binary_data"
 BINARY_DATA_OUTPUT = "binary_data_output"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may make the server hold beyond its own bytes; the defaults are ServerSettings'.
+
+    BYTES elements are bounded by count because each becomes Python objects and ONNX Runtime strings
+    (~300 bytes per element through an Identity model whatever its length; bench/results/memory/); typed
+    contents by their decoded size, since a one-byte varint decodes to up to 8 bytes; responses by the
+    largest message grpcio will send.
+    """
+
+    max_bytes_elements: int = 1 << 16
+    max_typed_contents_bytes: int = 16 << 20
+    max_response_bytes: int = 64 << 20
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> RequestLimits:
+        """The limits a server's ``ServerSettings`` set."""
+        return cls(settings.max_bytes_elements, int(settings.max_typed_contents_mb * 2**20),
+                   settings.max_message_bytes)
+
+
+DEFAULT_LIMITS = RequestLimits()
+
+
+def check_bytes_elements(count: int, where: str, limits: RequestLimits) -> None:
+    """RESOURCE_EXHAUSTED for more BYTES elements than the server takes, before any is split or decoded."""
+    if count > limits.max_bytes_elements:
+        raise ResourceExhausted(
+            f"{where}: {count} BYTES elements, above this server's bound of {limits.max_bytes_elements} "
+            "(--max-bytes-elements); send fewer strings per request")
+
+
+ContentsCheck = Callable[[list[tuple[InputTensor, dict[str, int]]]], None]
+
+
+def contents_check(spec: ModelSpec, limits: RequestLimits) -> ContentsCheck:
+    """The check a codec runs once per request on its inputs' typed-contents counts, before decoding them:
+    each input must be one of the model's, given once, with its datatype and a shape it accepts, the counts
+    must fill that shape, BYTES within the element bound, and the request's decoded typed contents, all
+    inputs together, within the size bound. The same messages as :func:`prepare` gives."""
+
+    def check(counted: list[tuple[InputTensor, dict[str, int]]]) -> None:
+        seen: dict = {}
+        decoded = 0
+        for inp, counts in counted:
+            t = _declared_input(spec, inp, seen)
+            seen[inp.name] = None
+            where = f"input '{inp.name}'"
+            dt = t.datatype
+            count = check_contents_counts(counts, dt, inp.shape, where)
+            if dt.name == "BYTES":
+                check_bytes_elements(count, where, limits)
+                continue
+            size = count * CONTENTS_FIELD_DTYPES[dt.contents_field].itemsize
+            decoded += size
+            if decoded > limits.max_typed_contents_bytes:
+                raise ResourceExhausted(
+                    f"{where}: {dt.contents_field} of {count} elements decodes to {size} bytes, {decoded} for the "
+                    f"request's typed contents so far, above this server's bound of "
+                    f"{limits.max_typed_contents_bytes} (--max-typed-contents-mb); send it in raw_input_contents")
+
+    return check
+
+
+@dataclass(frozen=True)
+class ResponseBound:
+    """The smallest size each output can have on the wire, to refuse an answer grpcio could not send.
+
+    ``rows``: per output, (elements per batch row, or of the whole tensor without batching; None when a
+    dim is dynamic or the datatype is BYTES) and bytes per element in raw and in typed form. A typed
+    varint is at least one byte, so the figures are lower bounds: a refusal is always right.
+    """
+
+    rows: dict[str, tuple[int | None, int, int]]
+    before: bool  # some request could exceed the bound with static outputs alone: check before running
+    after: bool  # some output is dynamic: check the arrays after the run
+    limit: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec, limits: RequestLimits) -> ResponseBound:
+        rows = {}
+        for t in spec.outputs:
+            dt = t.datatype
+            static = all(d >= 0 for d in t.dims) and dt.name != "BYTES" and dt.itemsize
+            typed = dt.itemsize if dt.contents_field in ("fp32_contents", "fp64_contents") else 1
+            rows[t.name] = (math.prod(t.dims) if static else None, dt.itemsize or 1, typed)
+        most = sum(n * raw for n, raw, _ in rows.values() if n is not None) * max(spec.max_batch_size, 1)
+        after = any(n is None for n, _, _ in rows.values())
+        return cls(rows, most > limits.max_response_bytes, after, limits.max_response_bytes)
+
+    def check(self, prep: PreparedRequest, arrays: list | None = None) -> None:
+        """Before the run (``arrays`` None): the static outputs' size; after it: every array's."""
+        total, parts = 0, []
+        for i, name in enumerate(prep.output_names):
+            n, raw, typed = self.rows[name]
+            per = raw if prep.raw_output else typed
+            if arrays is not None:
+                arr = arrays[i]
+                if arr.dtype == object:  # BYTES: a length prefix (raw) or tag and length (typed) each
+                    size = arr.size * (4 if prep.raw_output else 2) + sum(map(len, arr.flat))
+                else:
+                    size = arr.size * per
+            elif n is None:
+                continue
+            else:
+                size = n * max(prep.batch_size, 1) * per
+            total += size
+            parts.append(f"'{name}' {size}")
+        if total > self.limit:
+            raise ResourceExhausted(
+                f"the response would hold at least {total} bytes ({', '.join(parts)}), above this server's largest "
+                f"message of {self.limit} bytes (--max-message-mb); ask for fewer outputs or a smaller batch")
 
 
 @dataclass
@@ -166,7 +289,7 @@ def _bytes_as_text(arr: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
-def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
+def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFAULT_LIMITS) -> PreparedRequest:
     """Validate ``request`` against ``spec``; return ORT feeds (views of the request where possible)."""
     n_raw = len(request.raw_input_contents)
     if n_raw and n_raw != len(request.inputs):
@@ -185,7 +308,7 @@ def prepare(request: InferRequest, spec: ModelSpec) -> PreparedRequest:
                     f"input '{inp.name}': batch size {inp.shape[0]} differs from the other inputs' {batch}"
                 )
             batch = inp.shape[0]
-        arr = _input_array(request, i, t.datatype)
+        arr = _input_array(request, i, t.datatype, limits)
         if t.datatype.name == "BYTES":
             arr = _bytes_as_text(arr, inp.name)
         elif not arr.flags.aligned:
@@ -223,10 +346,12 @@ def _declared_input(spec: ModelSpec, inp, seen: dict) -> TensorSpec:
     return t
 
 
-def _input_array(request: InferRequest, i: int, dt) -> np.ndarray:
+def _input_array(request: InferRequest, i: int, dt, limits: RequestLimits) -> np.ndarray:
     """Input ``i``'s data as an array of its shape: a view of its raw bytes, or its typed contents."""
     inp = request.inputs[i]
     where = f"input '{inp.name}'"
+    if dt.name == "BYTES":  # before a single element is split out of the raw bytes
+        check_bytes_elements(element_count(inp.shape), where, limits)
     if request.raw_input_contents:
         if inp.contents:
             raise InvalidArgument(

@@ -212,3 +212,34 @@ def test_stream_reports_an_unencodable_answer_and_goes_on(stub):
     assert answers[1].error_message == "" and answers[1].infer_response.id == "good"
     np.testing.assert_array_equal(np.frombuffer(answers[1].infer_response.raw_output_contents[0], np.float16),
                                   np.ones(2, np.float16))
+
+
+def test_bytes_elements_over_the_bound_are_refused_before_splitting(stub):
+    """More BYTES elements than --max-bytes-elements (default 65,536): RESOURCE_EXHAUSTED naming the flag."""
+    req = service_pb2.ModelInferRequest(model_name="identity_bytes")
+    req.inputs.add(name="INPUT", datatype="BYTES", shape=[1, 70_000])
+    req.raw_input_contents.append(b"\x01\x00\x00\x00x" * 70_000)
+    _expect(stub, req, grpc.StatusCode.RESOURCE_EXHAUSTED, "70000 BYTES elements", "--max-bytes-elements")
+
+
+def test_typed_contents_are_checked_against_the_model_before_decoding(stub):
+    """Typed contents for a shape the model refuses: the shape's error, whatever the contents hold."""
+    req = service_pb2.ModelInferRequest(model_name="identity_int64")
+    req.inputs.add(name="INPUT", datatype="INT64", shape=[9, 100_000])  # max_batch_size 8
+    req.inputs[0].contents.int64_contents.extend([1] * 900_000)
+    _expect(stub, req, INVALID, "batch size 9 exceeds the model's max_batch_size 8")
+
+
+def test_stream_looks_the_model_up_first_and_goes_on(stub):
+    """ModelStreamInfer takes the same path: an unknown model with a typed body is NOT_FOUND's message."""
+    unknown = service_pb2.ModelInferRequest(model_name="no_such_model")
+    unknown.inputs.add(name="INPUT", datatype="INT64", shape=[1, 1000])
+    unknown.inputs[0].contents.int64_contents.extend([1] * 1000)
+    good = service_pb2.ModelInferRequest(model_name="identity_int64", id="good")
+    good.inputs.add(name="INPUT", datatype="INT64", shape=[1, 3])
+    good.inputs[0].contents.int64_contents.extend([1, 2, 3])
+    answers = list(stub.ModelStreamInfer(iter([unknown, good])))
+    assert "no_such_model" in answers[0].error_message
+    assert answers[1].error_message == "" and answers[1].infer_response.id == "good"
+    np.testing.assert_array_equal(np.frombuffer(answers[1].infer_response.raw_output_contents[0], np.int64),
+                                  [1, 2, 3])

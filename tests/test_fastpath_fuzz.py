@@ -80,10 +80,61 @@ def outcome(codec, buf):
         return ("invalid",)
 
 
+class Refused(Exception):
+    """What the test's contents check raises: distinct from every codec error."""
+
+
+def checked_outcome(codec, buf, limit: int):
+    """Decode with a contents check that records what it is given and refuses more than ``limit`` elements
+    in one input: (outcome, calls). Both codecs must call it at most once, with the same inputs in the same
+    order and the same counts, and only once the whole message is known to be well formed."""
+    calls = []
+
+    def check(counted):
+        assert type(counted) is list and counted and not calls  # once per request, never empty
+        for inp, counts in counted:
+            assert inp.contents == {} and counts and all(type(n) is int and n > 0 for n in counts.values())
+            calls.append((inp.name, inp.datatype, inp.shape, len(inp.parameters), dict(counts)))
+        for inp, counts in counted:
+            if sum(counts.values()) > limit:
+                raise Refused(inp.name)
+
+    try:
+        got = ("ok", normalize(codec.decode_infer_request(buf, check)))
+    except InvalidArgument as exc:
+        assert str(exc).startswith("malformed ModelInferRequest:"), str(exc)
+        got = ("invalid",)
+    except Refused:
+        got = ("refused",)
+    return got, calls
+
+
+def peek_outcome(codec, buf):
+    try:
+        return ("ok", codec.peek_infer_request(buf))
+    except InvalidArgument as exc:
+        assert str(exc).startswith("malformed ModelInferRequest:"), str(exc)
+        return ("invalid",)
+
+
 def check_same(buf: bytes):
+    """Decode, peek and checked decode agree between the codecs; peek agrees with decode."""
     ext, twin = load_codec("ext"), load_codec("twin")
     got = outcome(ext, ARENA.place(buf))
     assert got == outcome(twin, buf)
+    peeked = peek_outcome(ext, ARENA.place(buf))
+    assert peeked == peek_outcome(twin, buf)
+    if got[0] == "ok":  # a body that decodes peeks to its own name and version
+        assert peeked == ("ok", (got[1][0], got[1][1]))
+    for limit in (0, 3):
+        checked = checked_outcome(ext, ARENA.place(buf), limit)
+        assert checked == checked_outcome(twin, buf, limit)
+        if got[0] == "invalid":  # a structural fault is found before any check runs
+            assert checked == (("invalid",), [])
+        elif checked[0] == ("ok",) + got[1:]:
+            pass
+        else:
+            assert checked[0] == ("refused",)
     return got
 
 
@@ -201,6 +252,23 @@ any_input = st.one_of(
 @given(requests())
 def test_valid_requests_decode_like_protobuf(msg):
     assert check_same(msg.SerializeToString()) == ("ok", from_pb(msg))
+
+
+@FAST
+@given(requests())
+def test_valid_requests_peek_like_protobuf(msg):
+    buf = msg.SerializeToString()
+    for codec in (load_codec("ext"), load_codec("twin")):
+        assert codec.peek_infer_request(buf) == (msg.model_name, msg.model_version)
+
+
+@FAST
+@given(requests())
+def test_contents_check_sees_protobuf_counts(msg):
+    # the counts the check gets are the lengths protobuf holds, for every input with typed contents
+    expected = [(t.name, {fd.name: len(v) for fd, v in t.contents.ListFields()}) for t in msg.inputs]
+    _, calls = checked_outcome(load_codec("ext"), msg.SerializeToString(), limit=1 << 30)
+    assert [(c[0], c[4]) for c in calls] == [(n, c) for n, c in expected if c]
 
 
 @FAST

@@ -14,11 +14,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tensorwire import proto as pb
-from tensorwire.errors import InvalidArgument
+from tensorwire.errors import InvalidArgument, ResourceExhausted
 from tensorwire.proto.datatypes import DATATYPES
 from tensorwire.proto.messages import InferRequest, InputTensor, RequestedOutput
 from tensorwire.server.model_config import ModelSpec, TensorSpec
-from tensorwire.server.validation import FastLane, PreparedRequest, prepare, prepare_fast
+from tensorwire.server.validation import (
+    FastLane,
+    PreparedRequest,
+    RequestLimits,
+    ResponseBound,
+    contents_check,
+    prepare,
+    prepare_fast,
+)
 
 
 def spec_of(inputs: list[tuple[str, str, tuple]], max_batch_size: int = 4, outputs=("out",),
@@ -236,3 +244,92 @@ def test_generated_requests_fast_lane_agrees_with_prepare():
     # the agreement above is only checked where the lane answered: make sure that is a real share
     print(f"{sum(took_lane)} of {len(took_lane)} took the lane")
     assert sum(took_lane) >= len(took_lane) // 10, f"only {sum(took_lane)} of {len(took_lane)} took the lane"
+
+
+# --- bounds on what a request may cost (issue 11, docs/resilience.md "Memory per request") ------------------
+
+LIMITS = RequestLimits(max_bytes_elements=10, max_typed_contents_bytes=64, max_response_bytes=1000)
+
+
+def _header(name: str, datatype: str, shape: tuple) -> InputTensor:
+    return InputTensor(name=name, datatype=datatype, shape=shape)
+
+
+@pytest.mark.parametrize("inp, counts, error, words", [
+    (_header("x", "FP32", (1, 2)), {"fp32_contents": 2}, None, ()),
+    (_header("nope", "FP32", (1, 2)), {"fp32_contents": 2}, InvalidArgument, ("unknown input 'nope'",)),
+    (_header("x", "INT64", (1, 2)), {"int64_contents": 2}, InvalidArgument, ("datatype INT64", "expects FP32")),
+    (_header("x", "FP32", (1, 3)), {"fp32_contents": 3}, InvalidArgument, ("dimension 1 is 3",)),
+    (_header("x", "FP32", (9, 2)), {"fp32_contents": 18}, InvalidArgument, ("max_batch_size 4",)),
+    (_header("x", "FP32", (1, 2)), {"fp32_contents": 7}, InvalidArgument, ("holds 7 elements", "needs 2")),
+    (_header("x", "FP32", (1, 2)), {"int64_contents": 2}, InvalidArgument, ("expects contents in 'fp32_contents'",)),
+    (_header("w", "INT64", (1, 9)), {"int64_contents": 9}, ResourceExhausted,
+     ("decodes to 72 bytes", "72 for the request's typed contents", "bound of 64", "--max-typed-contents-mb")),
+    (_header("w", "INT64", (1, 8)), {"int64_contents": 8}, None, ()),
+    (_header("s", "BYTES", (1, 11)), {"bytes_contents": 11}, ResourceExhausted,
+     ("11 BYTES elements", "bound of 10", "--max-bytes-elements")),
+    (_header("s", "BYTES", (1, 10)), {"bytes_contents": 10}, None, ()),
+])
+def test_contents_check_refuses_before_decoding(inp, counts, error, words):
+    spec = spec_of([("x", "FP32", (2,)), ("w", "INT64", (-1,)), ("s", "BYTES", (-1,))])
+    check = contents_check(spec, LIMITS)
+    if error is None:
+        check([(inp, counts)])
+        return
+    with pytest.raises(error) as info:
+        check([(inp, counts)])
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_raw_bytes_over_the_element_bound_are_refused_before_splitting():
+    spec = spec_of([("s", "BYTES", (-1,))])
+    data = b"\x01\x00\x00\x00a" * 11
+    request = request_of({"s": ("BYTES", (1, 11), memoryview(data))})
+    with pytest.raises(ResourceExhausted, match="11 BYTES elements.*--max-bytes-elements"):
+        prepare(request, spec, LIMITS)
+    ok = request_of({"s": ("BYTES", (1, 10), memoryview(data[:50]))})
+    assert prepare(ok, spec, LIMITS).feeds["s"].shape == (1, 10)
+
+
+def test_response_bound_before_the_run_for_static_outputs():
+    # out: 2 FP32 per row = 8 bytes a row; max_batch_size 200 could make 1600 > 1000: checked before running
+    spec = spec_of([("x", "FP32", (2,))], max_batch_size=200)
+    bound = ResponseBound.of(spec, LIMITS)
+    assert bound.before and not bound.after
+    small = PreparedRequest({}, ["out"], 125, True, 0)
+    bound.check(small)  # 1000 bytes: at the limit
+    with pytest.raises(ResourceExhausted, match=r"at least 1008 bytes \('out' 1008\).*--max-message-mb"):
+        bound.check(PreparedRequest({}, ["out"], 126, True, 0))
+    assert not ResponseBound.of(spec_of([("x", "FP32", (2,))], max_batch_size=4), LIMITS).before
+
+
+def test_response_bound_after_the_run_for_dynamic_outputs():
+    spec = ModelSpec(name="m", max_batch_size=4, inputs=[TensorSpec("x", DATATYPES["FP32"], (-1,))],
+                     outputs=[TensorSpec("y", DATATYPES["INT64"], (-1,)), TensorSpec("s", DATATYPES["BYTES"], (-1,))],
+                     config=pb.ModelConfig())
+    bound = ResponseBound.of(spec, LIMITS)
+    assert bound.after and not bound.before
+    prep = PreparedRequest({}, ["y", "s"], 1, True, 0)
+    bound.check(prep)  # before the run: nothing static to count
+    strings = np.array(["a" * 100] * 4, dtype=object).reshape(1, 4)
+    bound.check(prep, [np.zeros((1, 50), np.int64), strings])  # 400 + 416
+    with pytest.raises(ResourceExhausted, match=r"'y' 800, 's' 416"):
+        bound.check(prep, [np.zeros((1, 100), np.int64), strings])
+    typed = PreparedRequest({}, ["y"], 1, False, 0)  # typed varints: at least a byte each
+    bound.check(typed, [np.zeros((1, 1000), np.int64)])
+
+
+def test_contents_check_refuses_a_repeated_input_and_bounds_the_request_total():
+    """An input given twice is refused (it would double the cost), and the typed bound is on the request's
+    total, all inputs together; each call is one request and starts from nothing."""
+    spec = spec_of([("w", "INT64", (-1,)), ("v", "INT64", (-1,))])
+    check = contents_check(spec, LIMITS)
+    w5, w1, v4 = (_header("w", "INT64", (1, 5)), {"int64_contents": 5}), (_header("w", "INT64", (1, 1)),
+                  {"int64_contents": 1}), (_header("v", "INT64", (1, 4)), {"int64_contents": 4})
+    with pytest.raises(InvalidArgument, match="input 'w' is given more than once"):
+        check([w5, w1])
+    with pytest.raises(ResourceExhausted, match="decodes to 32 bytes, 72 for the request"):
+        check([w5, v4])
+    check([w5])
+    check([v4])

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Re-run the committed results on your machine (from the repository root, with tensorwire[cpu,export,bench]
 # installed). Close other heavy programs first: absolute times only mean something on a quiet machine.
-# Usage: bench/results/reproduce.sh [compare] [load] [overhead] [hotpath]   (default: all four)
+# Usage: bench/results/reproduce.sh [compare] [load] [overhead] [hotpath] [memory]   (default: all five)
 set -euo pipefail
 OUT=${OUT:-bench/results}
-STEPS=" ${*:-compare load overhead hotpath} "
+STEPS=" ${*:-compare load overhead hotpath memory} "
 
 # 1. eager vs torch.compile vs ONNX Runtime, full-size models, batch 1 and 8 (about 15 min on 2 cores)
 if [[ $STEPS == *" compare "* ]]; then
@@ -37,4 +37,10 @@ if [[ $STEPS == *" hotpath "* ]]; then
   tensorwire bench codec --out "$OUT/fastpath"
   tensorwire bench fastpath --requests 4000 --rounds 10 --out "$OUT/fastpath"
   tensorwire bench fastpath --requests 4000 --rounds 10 --server-arg=--cpu-affinity=1 --out "$OUT/fastpath_pinned"
+fi
+
+# 6. memory per request: each amplification case on a fresh server vs bare grpcio receiving the same bytes,
+#    and a small-request client's p99 while the case is sent
+if [[ $STEPS == *" memory "* ]]; then
+  tensorwire bench memory --p99 --out "$OUT/memory"
 fi
