@@ -133,7 +133,7 @@ def run_compare(s: CompareSettings, write: Callable[[dict[str, Any], Path], Any]
             mwork = work / name
             mwork.mkdir(exist_ok=True)
             job = {"source": source, "batches": s.batches, "threads": threads, "workdir": str(mwork),
-                   "rtol": s.rtol, "atol": s.atol}
+                   "rtol": s.rtol, "atol": s.atol, "engines": engines}
             manifest = _child("tensorwire.bench.prepare", job, mwork, "prepare", s.prepare_timeout_s, env)
             bar.update(1)
             hidden = ("batches", "traceback", "weights")

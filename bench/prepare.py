@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-BUILTINS = ("mlp", "resnet50", "distilbert", "bert", "vit")
+from tensorwire.export.builtin import BUILTIN_NAMES as BUILTINS
 
 
 @dataclass
@@ -58,12 +58,12 @@ def build(source: dict[str, Any], batch: int | None = None) -> Built:
         b = build_builtin(source["name"], **kw)
         return Built(b.module, b.example_inputs, list(b.input_names), list(b.output_names), b.dynamic_axes,
                      isinstance(b.example_inputs, dict), b.description)
-    from tensorwire.export.cli import example_inputs, load_factory
+    from tensorwire.export.inputs import example_inputs, load_factory
 
     specs = _factory_specs(source, batch)
     module, _ = load_factory(source["spec"])
     module.eval()
-    return Built(module, tuple(example_inputs(specs, seed=0)), [s[0] for s in specs], None, None, False,
+    return Built(module, tuple(example_inputs(specs, seed=0)), [s.name for s in specs], None, None, False,
                  source["spec"])
 
 
@@ -108,7 +108,7 @@ def prepare(job: dict[str, Any]) -> dict[str, Any]:
     report = export_model(built.module, built.example_inputs, name=name, repository=work / "repository",
                           input_names=built.input_names, output_names=built.output_names,
                           dynamic_axes=built.dynamic_axes, max_batch_size=max(8, *batches),
-                          rtol=job["rtol"], atol=job["atol"])
+                          rtol=job["rtol"], atol=job["atol"], version=1, overwrite=True)
     export_s = time.perf_counter() - t0
     output_names = [o["name"] for o in report.outputs] if report.outputs else list(built.output_names or [])
 
@@ -140,26 +140,51 @@ def prepare(job: dict[str, Any]) -> dict[str, Any]:
         "exporter": report.exporter,
         "export_parity_ok": report.parity_ok,
         "batches": per_batch,
+        "variants": variants(job, report.model_path, ordered_inputs(built), work),
     }
+
+
+def variants(job: dict[str, Any], onnx_path: str, feeds: dict[str, np.ndarray], work: Path) -> dict[str, Any]:
+    """The reduced-precision graphs the job's engines run (INT8 as ``tensorwire export --int8`` makes it)."""
+    import onnx
+
+    from tensorwire.bench.engines import VARIANTS
+    from tensorwire.export import precision, quantize
+
+    wanted = {VARIANTS[e] for e in job.get("engines", []) if e in VARIANTS}
+    out: dict[str, Any] = {}
+    if not wanted:
+        return out
+    model = onnx.load(onnx_path)
+    if "int8" in wanted:
+        method = quantize.choose_method("auto", model)
+        randoms = quantize.random_samples(feeds, seed=1) if method == "static" else None
+        q, info = quantize.int8(model, feeds, method, None, randoms)
+        onnx.save(q, str(work / "int8.onnx"))
+        out |= {"int8": str(work / "int8.onnx"), "int8_info": info}
+    if "fp16" in wanted:
+        onnx.save(precision.to_fp16(model), str(work / "fp16.onnx"))
+        out["fp16"] = str(work / "fp16.onnx")
+    return out
 
 
 def inputs_at(source: dict[str, Any], batch: int, input_names: list[str]) -> dict[str, np.ndarray]:
     """Inputs at ``batch``: a built-in's own (realistic padding masks), or a factory's from its --input specs."""
     if source["kind"] == "builtin":
         return ordered_inputs(build(source, batch=batch))
-    from tensorwire.export.cli import example_inputs
+    from tensorwire.export.inputs import example_inputs
 
     tensors = example_inputs(_factory_specs(source, batch), seed=batch)
     return {n: t.numpy() for n, t in zip(input_names, tensors)}
 
 
 def _factory_specs(source: dict[str, Any], batch: int | None) -> list:
-    from tensorwire.export.cli import parse_input
+    from tensorwire.export.inputs import parse_input
 
     specs = [parse_input(t) for t in source["inputs"]]
     if batch is None:
         return specs
-    return [(n, [batch, *shape[1:]] if shape else shape, dt, rng) for n, shape, dt, rng in specs]
+    return [s._replace(shape=[batch, *s.shape[1:]] if s.shape else s.shape) for s in specs]
 
 
 def main(argv: list[str] | None = None) -> int:

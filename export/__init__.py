@@ -6,18 +6,16 @@ transformers are imported when an export runs, with an install hint if they are 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tensorwire.export.builtin import BUILTIN_NAMES, BuiltinModel
 from tensorwire.export.errors import INSTALL_HINT, ExportError
 from tensorwire.export.report import ExportReport
 
-if TYPE_CHECKING:
-    from tensorwire.export.builtin import BuiltinModel
+__all__ = ["ExportError", "ExportReport", "BuiltinModel", "build_builtin", "export_model", "BUILTIN_NAMES",
+           "BUILTINS", "INSTALL_HINT"]
 
-__all__ = ["ExportError", "ExportReport", "BuiltinModel", "build_builtin", "export_model", "BUILTINS",
-           "INSTALL_HINT"]
-
-BUILTINS = ("mlp", "resnet50", "bert", "distilbert", "vit")
+BUILTINS = BUILTIN_NAMES   # the older name of the same table (export/builtin.py's REGISTRY)
 
 
 def export_model(model, example_inputs, **kwargs: Any) -> ExportReport:
@@ -32,11 +30,3 @@ def build_builtin(name: str, **overrides: Any) -> BuiltinModel:
     from tensorwire.export.builtin import build_builtin as _build
 
     return _build(name, **overrides)
-
-
-def __getattr__(attr: str):
-    if attr == "BuiltinModel":
-        from tensorwire.export.builtin import BuiltinModel
-
-        return BuiltinModel
-    raise AttributeError(attr)

@@ -6,7 +6,8 @@ ViT-base/16); ``size="small"`` keeps the same code paths at a size CI can export
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tensorwire.export.errors import ExportError, require
@@ -22,7 +23,6 @@ class BuiltinModel:
     dynamic_axes: dict[str, dict[int, str]]
     size: str = "small"
     description: str = ""
-    export_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _select(module, keys: list[str]):
@@ -140,17 +140,20 @@ def vit(size: str = "small", batch: int = 2, seed: int = 0) -> BuiltinModel:
                         f"ViT {cfg.num_hidden_layers}x{cfg.hidden_size}, {cfg.image_size}px/{cfg.patch_size}")
 
 
-_FACTORIES = {"mlp": mlp, "resnet50": resnet50, "bert": bert, "distilbert": distilbert, "vit": vit}
+# The one table of built-in architectures: the export and bench CLIs take their choices from it.
+REGISTRY: dict[str, Callable[..., BuiltinModel]] = {"mlp": mlp, "resnet50": resnet50, "bert": bert,
+                                                   "distilbert": distilbert, "vit": vit}
+BUILTIN_NAMES: tuple[str, ...] = tuple(REGISTRY)
 
 
 def build_builtin(name: str, **overrides: Any) -> BuiltinModel:
-    """``name`` in mlp, resnet50, bert, distilbert, vit; ``size="small"|"full"`` and per-model overrides."""
-    if name not in _FACTORIES:
-        raise ExportError(f"unknown built-in {name!r}; choose one of {sorted(_FACTORIES)}")
+    """``name`` in :data:`BUILTIN_NAMES`; ``size="small"|"full"`` and per-model overrides."""
+    if name not in REGISTRY:
+        raise ExportError(f"unknown built-in {name!r}; choose one of {sorted(REGISTRY)}")
     size = overrides.get("size", "small")
     if size not in ("small", "full"):
         raise ExportError(f"size must be 'small' or 'full', got {size!r}")
     try:
-        return _FACTORIES[name](**overrides)
+        return REGISTRY[name](**overrides)
     except TypeError as exc:
         raise ExportError(f"bad option for built-in {name!r}: {exc}") from exc

@@ -30,6 +30,8 @@ class ExportResult:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     tracer_warnings: list[TracerNote] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    native: Any = None                            # the exporter's own-opset graph when ``model`` was converted
+    conversion_error: str = ""                    # why converting to the requested opset raised (model = native)
 
 
 def available_exporters() -> list[str]:
@@ -52,9 +54,13 @@ def _export_params(torch) -> set[str]:
 
 
 def export_graph(adapter, args: list[Any], in_names: list[str], out_names: list[str],
-                 dynamic_axes: dict[str, dict[int, str]], opset: int, exporter: str = "auto",
+                 dynamic_axes: dict[str, dict[int, str]], opset: int | None, exporter: str = "auto",
                  custom_translation_table: dict | None = None) -> ExportResult:
-    """Export with the first exporter that works; raise ExportError naming each one's reason."""
+    """Export with the first exporter that works; raise ExportError naming each one's reason.
+
+    ``opset`` None: the exporter's own opset. The dynamo exporter builds its own and a lower requested
+    opset is converted from it, keeping the original in ``result.native`` for the check step's fallback.
+    """
     offered = available_exporters()
     order = [e for e in EXPORTERS if e in offered] if exporter == "auto" else [exporter]
     if exporter != "auto" and exporter not in offered:
@@ -168,7 +174,7 @@ def _widen_size_one(args, in_names, dynamic_axes):
     return out, widened
 
 
-def _export_dynamo(adapter, args, in_names, out_names, dynamic_axes, opset, table) -> ExportResult:
+def _export_dynamo(adapter, args, in_names, out_names, dynamic_axes, opset: int | None, table) -> ExportResult:
     import torch
 
     dim = torch.export.Dim.DYNAMIC
@@ -187,12 +193,73 @@ def _export_dynamo(adapter, args, in_names, out_names, dynamic_axes, opset, tabl
         warnings.simplefilter("always")
         program = torch.onnx.export(
             adapter, tuple(ex_args), None, input_names=in_names, output_names=out_names,
-            opset_version=opset, dynamo=True, dynamic_shapes=shapes, verbose=False,
+            opset_version=None, dynamo=True, dynamic_shapes=shapes, verbose=False,
             custom_translation_table=table, external_data=False,
         )
     model = program.model_proto
     _name_dims(model, in_names, out_names, dynamic_axes)
-    return ExportResult(model, "dynamo", notes=notes)
+    if opset is None or opset == _opset_of(model):
+        return ExportResult(model, "dynamo", notes=notes)
+    try:
+        converted = convert_opset(model, opset)
+    except Exception as exc:  # noqa: BLE001 - the converter raises anything on ops it cannot map
+        return ExportResult(model, "dynamo", notes=notes, conversion_error=summarize_error(exc))
+    return ExportResult(converted, "dynamo", notes=notes, native=model)
+
+
+def _opset_of(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def convert_opset(model, target: int):
+    """``model`` converted to opset ``target`` with the converter torch itself uses (onnxscript's, which
+    falls back to onnx's C++ converter); raises with the converter's reason when it cannot.
+
+    The dynamo exporter builds its own opset and converts the same way when given ``opset_version``, but
+    a failed conversion there only logs and leaves the graph as it was; converting here keeps the
+    reason, and the exporter's own graph for the fallback, without exporting twice.
+    """
+    import onnx_ir
+    from onnxscript import version_converter
+
+    ir_model = onnx_ir.serde.deserialize_model(model)
+    log = logging.getLogger("onnxscript.version_converter")
+    records: list[logging.LogRecord] = []
+    handler = _ListHandler(records)
+    saved = (log.level, log.propagate)
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            version_converter.convert_version(ir_model, target, fallback=True)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+    converted = onnx_ir.serde.serialize_model(ir_model)
+    if _opset_of(converted) != target:
+        left = f"the converter left the graph at opset {_opset_of(converted)}"
+        raise RuntimeError(_converter_reason(records) or left)
+    return converted
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.WARNING)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _converter_reason(records: list[logging.LogRecord]) -> str:
+    for rec in reversed(records):
+        if rec.exc_info and rec.exc_info[1] is not None:
+            text = _ANSI.sub("", str(rec.exc_info[1])).strip().splitlines()
+            return text[-1].split("failed: ")[-1][:300] if text else type(rec.exc_info[1]).__name__
+    return records[-1].getMessage()[:300] if records else ""
 
 
 def _export_torchscript(adapter, args, in_names, out_names, dynamic_axes, opset) -> ExportResult:

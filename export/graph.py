@@ -91,3 +91,23 @@ def check_dynamic_axes(model, dynamic_axes: dict[str, dict[int, str]], max_batch
             + "\nFix the module so that size is not computed into a constant (e.g. use x.shape[0] in tensor "
             "ops, not int(x.shape[0]) or a hard-coded size), or declare the axis static."
         )
+
+
+def converted_problem(model, parity_run) -> str:
+    """Why a graph converted to a lower opset cannot be served ('' if it can): the checker, or parity.
+
+    ``parity_run(model)`` returns parity cases at the export shape.
+    """
+    try:
+        check_model(model)
+    except ExportError as exc:
+        return "fails onnx.checker: " + str(exc).split(": ", 1)[-1].strip().splitlines()[0][:200]
+    try:
+        cases = parity_run(model)
+    except Exception as exc:  # noqa: BLE001 - ORT refuses graphs in many ways
+        return f"does not load in ONNX Runtime: {str(exc).strip().splitlines()[0][:200]}"
+    bad = [c for c in cases if not c.ok]
+    if bad:
+        return (f"fails parity ({bad[0].error})" if bad[0].error
+                else f"fails parity (max abs diff {bad[0].max_abs_diff:.3g})")
+    return ""

@@ -7,13 +7,41 @@ tensors in and a flat tuple of tensors out; the adapter gives them that.
 
 from __future__ import annotations
 
-import inspect
+import importlib.util
+import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from tensorwire.export.errors import ExportError
 
 BATCH = "batch"
+# Integer inputs without a LOW..HIGH range are drawn from this one (inclusive): valid indices for any
+# embedding of 10+ rows. Inputs named like masks, token types or positions get structured values instead.
+INT_DEFAULT_RANGE = (0, 9)
+MASK_LIKE = re.compile(r"(^|_)mask$")
+ZERO_LIKE = re.compile(r"(^|_)(token_type|segment)_ids$")
+POSITION_LIKE = re.compile(r"(^|_)position_ids$")
+SEQUENCE_LIKE = re.compile(r"(^|_)(ids|mask)$|(^|_)(tokens|sequence|seq)$")
+DTYPES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "fp64": "float64",
+          "double": "float64", "int": "int32", "long": "int64", "bool": "bool", "int8": "int8",
+          "uint8": "uint8", "int16": "int16", "int32": "int32", "int64": "int64", "float32": "float32",
+          "float16": "float16", "float64": "float64", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+class InputArg(NamedTuple):
+    """One ``--input``: the served name, its shape, dtype, optional value range and forward()'s parameter."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    value_range: tuple[int, int] | None = None
+    param: str = ""
+
+    @property
+    def parameter(self) -> str:
+        return self.param or self.name
 
 
 @dataclass
@@ -37,51 +65,6 @@ class InputSpec:
         return shape
 
 
-def normalize_inputs(model, example_inputs, input_names=None) -> tuple[list[InputSpec], bool]:
-    """Turn a tensor / tuple / dict into ordered specs; returns (specs, call_with_keywords)."""
-    import torch
-
-    if isinstance(example_inputs, torch.Tensor):
-        tensors, keywords = [example_inputs], False
-        default_names = ["input"]
-    elif isinstance(example_inputs, dict):
-        tensors, keywords = list(example_inputs.values()), True
-        default_names = [str(k) for k in example_inputs]
-    elif isinstance(example_inputs, (tuple, list)):
-        tensors, keywords = list(example_inputs), False
-        default_names = _positional_names(model, len(tensors))
-    else:
-        raise ExportError(
-            f"example_inputs must be a tensor, a tuple of tensors or a dict of named tensors, "
-            f"got {type(example_inputs).__name__}"
-        )
-    for i, t in enumerate(tensors):
-        if not isinstance(t, torch.Tensor):
-            raise ExportError(f"example input {default_names[i]!r} is a {type(t).__name__}, not a tensor")
-    if keywords and input_names is not None and list(input_names) != default_names:
-        raise ExportError(
-            f"input_names {list(input_names)} differ from the example dict's keys {default_names}: the "
-            "keys are the names the module is called with, so they are the input names"
-        )
-    names = list(input_names) if input_names is not None else default_names
-    if len(names) != len(tensors) or len(set(names)) != len(names):
-        raise ExportError(f"need {len(tensors)} distinct input names, got {names}")
-    return [InputSpec(n, t.detach()) for n, t in zip(names, tensors)], keywords
-
-
-def _positional_names(model, count: int) -> list[str]:
-    if count == 1:
-        return ["input"]
-    try:
-        params = [
-            p.name for p in inspect.signature(model.forward).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        params = []
-    return params[:count] if len(params) >= count else [f"input_{i}" for i in range(count)]
-
-
 def flatten_outputs(out) -> tuple[list[Any], list[str]]:
     """Flatten a module's result into tensors and default names (dict / ModelOutput keys kept)."""
     import torch
@@ -103,22 +86,6 @@ def flatten_outputs(out) -> tuple[list[Any], list[str]]:
                 tensors += flatten_outputs(value)[0]
         return tensors, ["output"] if len(tensors) == 1 else [f"output_{i}" for i in range(len(tensors))]
     raise ExportError(f"the module returned a {type(out).__name__}; export needs tensors (or tuples/dicts of them)")
-
-
-def make_adapter(model, names: list[str], keywords: bool):
-    """Wrap ``model`` so it takes the named inputs positionally and returns a flat tuple of tensors."""
-    import torch
-
-    class FlatIO(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = model
-
-        def forward(self, *args):
-            out = self.inner(**dict(zip(names, args))) if keywords else self.inner(*args)
-            return tuple(flatten_outputs(out)[0])
-
-    return FlatIO().eval()
 
 
 def random_like(spec: InputSpec, shape: list[int], generator) -> Any:
@@ -188,3 +155,95 @@ def normalize_dynamic_axes(dynamic_axes, in_names: list[str], out_names: list[st
                 f"without a batch axis."
             )
     return resolved
+
+
+def parse_input(text: str) -> InputArg:
+    """``[SERVED=]PARAM:2x128:int64[:0..999]`` -> InputArg(served, [2, 128], "int64", (0, 999), param)."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4):
+        raise ExportError(f"--input {text!r}: expected [SERVED=]PARAM:SHAPE:DTYPE[:LOW..HIGH], e.g. "
+                          "input_ids:1x128:int64")
+    served, _, param = parts[0].partition("=")
+    if not served or (_ and not param):
+        raise ExportError(f"--input {text!r}: the name must be PARAM or SERVED=PARAM")
+    try:
+        shape = [int(d) for d in parts[1].lower().split("x")] if parts[1] else []
+    except ValueError:
+        raise ExportError(f"--input {text!r}: shape must be sizes joined by 'x', e.g. 2x3x224x224") from None
+    dtype = DTYPES.get(parts[2].lower())
+    if dtype is None:
+        raise ExportError(f"--input {text!r}: unknown dtype {parts[2]!r} (e.g. float32, int64, bool)")
+    value_range = None
+    if len(parts) == 4:
+        m = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", parts[3])
+        if not m or int(m.group(1)) > int(m.group(2)):
+            raise ExportError(f"--input {text!r}: range must be LOW..HIGH (inclusive, LOW <= HIGH), e.g. 0..999")
+        value_range = (int(m.group(1)), int(m.group(2)))
+    return InputArg(served, shape, dtype, value_range, param)
+
+
+def default_values(arg: InputArg) -> str:
+    """How ``example_inputs`` fills an input given no range: the rule, for messages and docs."""
+    name = arg.parameter
+    if arg.value_range is not None:
+        return f"random in {arg.value_range[0]}..{arg.value_range[1]}"
+    if arg.dtype in ("float16", "float32", "float64", "bfloat16"):
+        return "random normal"
+    if MASK_LIKE.search(name):
+        return "all ones (a mask that keeps every position)"
+    if ZERO_LIKE.search(name):
+        return "all zeros"
+    if POSITION_LIKE.search(name):
+        return "0, 1, 2, ... along the last axis"
+    if arg.dtype == "bool":
+        return "random True/False"
+    return f"random in {INT_DEFAULT_RANGE[0]}..{INT_DEFAULT_RANGE[1]} (default range)"
+
+
+def example_inputs(specs: list[InputArg], seed: int) -> list[Any]:
+    """Example tensors for ``--input`` specs: the given range, else the defaults of :func:`default_values`."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return [_example(torch, arg, gen) for arg in specs]
+
+
+def _example(torch, arg: InputArg, gen) -> Any:
+    dt = getattr(torch, arg.dtype)
+    shape, name = arg.shape, arg.parameter
+    if arg.value_range is not None:
+        lo, hi = arg.value_range
+        if dt.is_floating_point:
+            return (torch.rand(shape, generator=gen) * (hi - lo) + lo).to(dt)
+        if dt == torch.bool:
+            return torch.randint(lo, hi + 1, shape, generator=gen).bool()
+        return torch.randint(lo, hi + 1, shape, generator=gen, dtype=dt)
+    if dt.is_floating_point:
+        return torch.randn(shape, generator=gen).to(dt)
+    if MASK_LIKE.search(name):
+        return torch.ones(shape, dtype=dt)
+    if ZERO_LIKE.search(name):
+        return torch.zeros(shape, dtype=dt)
+    if POSITION_LIKE.search(name) and shape:
+        return torch.arange(shape[-1]).expand(shape).to(dt).contiguous()
+    if dt == torch.bool:
+        return torch.randint(0, 2, shape, generator=gen).bool()
+    return torch.randint(INT_DEFAULT_RANGE[0], INT_DEFAULT_RANGE[1] + 1, shape, generator=gen, dtype=dt)
+
+
+def load_factory(spec: str) -> tuple[Any, str]:
+    """Import ``path/to/file.py:function`` and call the function for the module; (module, function name)."""
+    path_s, _, func = spec.rpartition(":")
+    if not path_s or not func:
+        raise ExportError(f"--factory {spec!r}: expected path/to/file.py:function")
+    path = Path(path_s)
+    if not path.is_file():
+        raise ExportError(f"--factory: no file {path}")
+    mod_spec = importlib.util.spec_from_file_location(f"tensorwire_factory_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[mod_spec.name] = module
+    mod_spec.loader.exec_module(module)
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise ExportError(f"--factory: {path} has no function {func!r}")
+    return fn(), func

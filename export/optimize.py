@@ -7,7 +7,7 @@ actually help; otherwise the previous graph is served and the report says why.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ class StepOutcome:
     model: Any
     applied: bool
     note: str
-    extra: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _interface_broken(before, after, dynamic_axes) -> str:
@@ -60,21 +60,21 @@ def simplify(model, dynamic_axes, names: list[str], probe: list[np.ndarray] | No
     try:
         import onnxsim
     except ImportError:
-        return StepOutcome(model, False, "onnxsim is not installed (pip install onnxsim)", {})
+        return StepOutcome(model, False, "onnxsim is not installed (pip install onnxsim)")
     if model.ByteSize() >= graph.TWO_GB:
-        return StepOutcome(model, False, "graph over 2 GB: onnxsim works on in-memory protos only", {})
+        return StepOutcome(model, False, "graph over 2 GB: onnxsim works on in-memory protos only")
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:  # noqa: BLE001 - onnxsim raises anything from C++
-        return StepOutcome(model, False, f"onnxsim failed: {str(exc).splitlines()[0][:300]}", {})
+        return StepOutcome(model, False, f"onnxsim failed: {str(exc).splitlines()[0][:300]}")
     if not ok:
-        return StepOutcome(model, False, "onnxsim's own check failed; kept the unsimplified graph", {})
+        return StepOutcome(model, False, "onnxsim's own check failed; kept the unsimplified graph")
     why = _interface_broken(model, simplified, dynamic_axes)
     if not why and probe is not None:
         why = _same_outputs(model, simplified, names, probe)
     if why:
-        return StepOutcome(model, False, f"simplified graph rejected: {why}; kept the unsimplified graph", {})
-    return StepOutcome(simplified, True, "", {})
+        return StepOutcome(model, False, f"simplified graph rejected: {why}; kept the unsimplified graph")
+    return StepOutcome(simplified, True, "")
 
 
 def ort_optimize(model, names: list[str], example: list[np.ndarray], dynamic_axes,
@@ -87,28 +87,75 @@ def ort_optimize(model, names: list[str], example: list[np.ndarray], dynamic_axe
     import onnx
 
     if model.ByteSize() >= graph.TWO_GB:
-        return StepOutcome(model, False, "graph over 2 GB: offline optimization skipped", {})
+        return StepOutcome(model, False, "graph over 2 GB: offline optimization skipped")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "optimized.onnx"
         try:
             runtime.session(model, level=level, optimized_path=out)
             optimized = onnx.load(str(out))
         except Exception as exc:  # noqa: BLE001
-            return StepOutcome(model, False, f"ORT optimization failed: {str(exc).splitlines()[0][:300]}", {})
+            return StepOutcome(model, False, f"ORT optimization failed: {str(exc).splitlines()[0][:300]}")
     why = _interface_broken(model, optimized, dynamic_axes)
     if why:
-        return StepOutcome(model, False, f"optimized graph rejected: {why}", {})
+        return StepOutcome(model, False, f"optimized graph rejected: {why}")
     n_before, n_after = graph.node_count(model), graph.node_count(optimized)
     try:
         t_before, t_after = runtime.compare_latency_ms(runtime.session(model), runtime.session(optimized),
                                                        names, example)
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"ONNX Runtime cannot run the graph: {exc}") from exc
-    extra = {"level": level, "nodes_before": n_before, "nodes_after": n_after,
-             "latency_ms_before": round(t_before, 3), "latency_ms_after": round(t_after, 3)}
     helps = (n_after < n_before and t_after <= 1.10 * t_before) or t_after <= 0.90 * t_before
     if not helps:
         return StepOutcome(model, False, f"{level} did not help ({n_before}->{n_after} nodes, "
-                           f"{t_before:.2f}->{t_after:.2f} ms); serving the simplified graph", extra)
+                           f"{t_before:.2f}->{t_after:.2f} ms); serving the simplified graph")
     return StepOutcome(optimized, True, f"{level}: {n_before}->{n_after} nodes, "
-                       f"{t_before:.2f}->{t_after:.2f} ms", extra)
+                       f"{t_before:.2f}->{t_after:.2f} ms")
+
+
+def looks_like_transformer(model) -> bool:
+    """MatMul, Softmax and a normalization: the pattern ORT's transformer fusions look for."""
+    ops = {n.op_type for n in model.graph.node}
+    norms = {"LayerNormalization", "ReduceMean", "SimplifiedLayerNormalization"}
+    return {"MatMul", "Softmax"} <= ops and bool(ops & norms)
+
+
+def transformer_fusion(model, names: list[str], example: list[np.ndarray], dynamic_axes,
+                       probe: list[np.ndarray] | None) -> StepOutcome:
+    """ORT's transformer optimizer (Attention, SkipLayerNorm, BiasGelu... fusions): kept only when the fused
+    graph answers the same and measures at least 5% faster; ``stats`` holds its fused-operator counts."""
+    if not looks_like_transformer(model) or model.ByteSize() >= graph.TWO_GB:
+        return StepOutcome(model, False, "")
+    try:
+        fused, fused_ops = fuse_transformer(model)
+    except Exception as exc:  # noqa: BLE001 - the optimizer raises anything on graphs it does not expect
+        note = f"transformer fusions failed: {str(exc).splitlines()[0][:200]}" if str(exc) else "fusions failed"
+        return StepOutcome(model, False, note, {"error": note})
+    stats: dict[str, Any] = {"fused_operators": fused_ops, "kept": False}
+    if not fused_ops:
+        return StepOutcome(model, False, "transformer fusions: nothing fused", stats)
+    why = _interface_broken(model, fused, dynamic_axes) or (_same_outputs(model, fused, names, probe)
+                                                           if probe is not None else "")
+    if why:
+        return StepOutcome(model, False, f"transformer fusions rejected: {why}", stats | {"rejected": why})
+    t_before, t_after = runtime.compare_latency_ms(runtime.session(model), runtime.session(fused), names, example)
+    stats |= {"latency_ms_before": round(t_before, 3), "latency_ms_after": round(t_after, 3)}
+    counts = ", ".join(f"{k} {v}" for k, v in fused_ops.items())
+    if t_after > 0.95 * t_before:
+        return StepOutcome(model, False, f"transformer fusions ({counts}) not kept: {t_before:.2f} -> "
+                           f"{t_after:.2f} ms", stats)
+    stats["kept"] = True
+    return StepOutcome(fused, True, f"transformer fusions ({counts}): {t_before:.2f} -> {t_after:.2f} ms", stats)
+
+
+def fuse_transformer(model) -> tuple[Any, dict[str, int]]:
+    """ORT's transformer optimizer on ``model`` (no graph-level optimization): the fused graph, with the
+    com.microsoft domain of its fused ops declared (onnx's checker and the quantizer need it), and the
+    non-zero counts of ``get_fused_operator_statistics``."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    fused_ops = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    fused = opt.model
+    if not any(o.domain == "com.microsoft" for o in fused.opset_import):
+        fused.opset_import.add(domain="com.microsoft", version=1)
+    return fused, fused_ops

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from tensorwire.export import runtime
-from tensorwire.export.inputs import BATCH, InputSpec, inputs_at
+from tensorwire.export.inputs import BATCH, MASK_LIKE, SEQUENCE_LIKE, InputSpec, inputs_at
 from tensorwire.export.report import OutputDiff, ParityCase
 
 
@@ -120,6 +120,63 @@ def branch_probes(specs: list[InputSpec], seed: int) -> list[tuple[str, list[Any
     neg = [-t if t.is_floating_point() else t for t in base]
     big = [t * 10 if t.is_floating_point() else t for t in base]
     return [("probe: negated inputs", neg), ("probe: inputs x10", big)]
+
+
+def is_sequence_like(spec: InputSpec) -> bool:
+    """Token ids, masks and the like: integer or bool, rank 2+, or named like them."""
+    if spec.example.dim() < 2:
+        return False
+    return bool(SEQUENCE_LIKE.search(spec.name)) or not spec.example.is_floating_point()
+
+
+def fixed_sequence_warnings(specs: list[InputSpec], max_batch_size: int) -> list[str]:
+    """A sequence-like input whose non-batch axes are all fixed takes one length only: say so before serving."""
+    out = []
+    first = 1 if max_batch_size > 0 else 0
+    for s in specs:
+        fixed = [a for a in range(first, s.example.dim()) if a not in s.dynamic]
+        if is_sequence_like(s) and fixed and not any(a >= first for a in s.dynamic):
+            axis = fixed[0]
+            out.append(f"{s.name!r} axis {axis} is fixed at {s.shape[axis]}: every request must have exactly "
+                       f"{s.shape[axis]} there. To accept other lengths declare it dynamic (CLI: --dynamic "
+                       f"{s.name}:{axis}:sequence, the same label on every input and output that shares it)")
+    return out
+
+
+def value_notes(specs: list[InputSpec]) -> list[str]:
+    """How parity drew each input (fresh values like the example's), and the masks that may be all zeros."""
+    lines = []
+    for s in specs:
+        ex = s.example
+        if ex.is_floating_point():
+            lines.append(f"  {s.name}: random normal with the example's mean and spread")
+            continue
+        lo, hi = (int(ex.min()), int(ex.max())) if ex.numel() else (0, 0)
+        note = f"  {s.name}: random integers in {lo}..{hi} (the example's range)" if lo != hi else (
+            f"  {s.name}: constant {lo} (as in the example)")
+        if MASK_LIKE.search(s.name) and lo == 0 and hi >= 1:
+            note += ("; as a mask, rows of all zeros mask every position: pass it as all ones "
+                     f"(--input {s.name}:SHAPE:{str(ex.dtype).removeprefix('torch.')}:1..1)")
+        lines.append(note)
+    return lines
+
+
+def failure_message(report, specs: list[InputSpec], rtol: float, atol: float) -> str:
+    """Why parity failed, with the numbers, which inputs were random and how to give them valid values."""
+    msg = format_failures(report.parity, rtol, atol)
+    if any(not c.ok and c.error for c in report.parity) and not any(not c.ok and not c.error for c in report.parity):
+        msg = "the graph does not run at every size its dynamic axes promise (dynamic-axes check):\n" + msg
+    if report.tracer_warnings:
+        msg += ("\nThe trace froze data-dependent control flow or values here (TracerWarning); "
+                "inputs that take the other path get a wrong answer from the graph:\n  "
+                + "\n  ".join(n.where() for n in report.tracer_warnings)
+                + "\nRewrite it with tensor ops (torch.where, masks) or make it exportable by "
+                  "torch.export (torch.cond).")
+    msg += ("\nThe parity inputs were drawn at random like the examples:\n" + "\n".join(value_notes(specs))
+            + "\nIf an input needs valid values (token ids below the vocabulary size, masks that keep some "
+              "positions), set its range: CLI --input NAME:SHAPE:DTYPE:LOW..HIGH; Python: an example tensor "
+              "with that range, or parity_inputs=[...].")
+    return msg
 
 
 def format_failures(cases: list[ParityCase], rtol: float, atol: float) -> str:

@@ -66,6 +66,7 @@ class ExportReport:
     exporter: str = ""
     exporter_attempts: list[dict[str, Any]] = field(default_factory=list)
     opset: int = 0
+    opset_note: str = ""            # why a requested opset was not served
     max_batch_size: int = 0
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -79,6 +80,7 @@ class ExportReport:
     simplify_note: str = ""
     optimized: bool = False
     optimize_note: str = ""
+    fusion: dict[str, Any] = field(default_factory=dict)    # ORT transformer fusions tried: counts, kept or not
     rtol: float = 0.0
     atol: float = 0.0
     parity: list[ParityCase] = field(default_factory=list)

@@ -6,7 +6,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from tensorwire.export.errors import ExportError
 from tensorwire.export.graph import TWO_GB, io_table
@@ -42,7 +41,29 @@ def config_text(cfg) -> str:
     return text_format.MessageToString(cfg)
 
 
-def write_entry(repository: str | Path, name: str, version: int, model, cfg, report: Any) -> dict[str, Path]:
+def existing_versions(repository: str | Path, name: str) -> list[int]:
+    """The numeric version folders of ``<repository>/<name>``, ascending."""
+    root = Path(repository) / name
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def resolve_version(repository: str | Path, name: str, version: int | None, overwrite: bool) -> int:
+    """``None``: the next version after the latest (1 for a new name); ``N``: N, refused if it exists
+    unless ``overwrite``. Checked before the export runs so a refusal costs nothing."""
+    found = existing_versions(repository, name)
+    if version is None:
+        return (found[-1] + 1) if found else 1
+    if version < 1:
+        raise ExportError(f"version must be 1 or more, got {version}")
+    if version in found and not overwrite:
+        raise ExportError(f"{Path(repository) / name / str(version)} exists: pass overwrite=True (CLI --overwrite) "
+                          f"to replace it, or leave the version out to write version {found[-1] + 1}")
+    return version
+
+
+def write_entry(repository: str | Path, name: str, version: int, model, cfg, overwrite: bool) -> dict[str, Path]:
     """Write the entry; the version folder is staged beside it and moved in whole, never half-written."""
     import onnx
 
@@ -57,6 +78,8 @@ def write_entry(repository: str | Path, name: str, version: int, model, cfg, rep
             onnx.save(model, str(model_path))
         final = root / str(version)
         if final.exists():
+            if not overwrite:
+                raise ExportError(f"{final} appeared during the export; pass overwrite=True to replace it")
             shutil.rmtree(final)
         os.replace(staging, final)
     except BaseException:

@@ -69,13 +69,14 @@ def test_builtin_through_cli_in_process(tmp_path, capsys):
                                  "--parity-shape", "batch=3"])
     assert cli.run(args) == 0
     out = capsys.readouterr().out
-    assert "model mlp v1" in out and "batch=3" in out and "PASS" in out
+    assert "model mlp version 1" in out and "batch=3" in out and "PASS" in out
     assert (tmp_path / "mlp" / "1" / "model.onnx").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
     (["export"], "either a built-in"),
     (["export", "--factory", f"{FACTORY}:make_model"], "needs at least one --input"),
+    (["export", "--factory", f"{FACTORY}:make_model", "--input", "x:2x3:int64:5..1"], "LOW <= HIGH"),
     (["export", "--factory", f"{FACTORY}:make_model", "--input", "x:2by3:float32"], "shape must be"),
     (["export", "--factory", f"{FACTORY}:make_model", "--input", "x:2x3:complex7"], "unknown dtype"),
     (["export", "--factory", f"{FACTORY}:nope", "--input", "x:2x3:float32"], "has no function 'nope'"),
@@ -88,8 +89,11 @@ def test_cli_usage_errors(tmp_path, capsys, argv, message):
 
 
 def test_parse_input():
-    assert cli.parse_input("input_ids:1x128:int64") == ("input_ids", [1, 128], "int64", None)
-    assert cli.parse_input("pixels:2x3x8x8:fp32:-1..1") == ("pixels", [2, 3, 8, 8], "float32", (-1, 1))
+    from tensorwire.export.inputs import InputArg, parse_input
+
+    assert parse_input("input_ids:1x128:int64") == InputArg("input_ids", [1, 128], "int64", None, "")
+    assert parse_input("pixels:2x3x8x8:fp32:-1..1") == InputArg("pixels", [2, 3, 8, 8], "float32", (-1, 1), "")
+    assert parse_input("pixels=x:1x3:fp32").parameter == "x"
 
 
 def test_import_without_torch_names_the_extra():

@@ -79,7 +79,8 @@ def _export(builtin, repo: Path) -> Path:
     t0 = time.perf_counter()
     report = export_model(builtin.module, builtin.example_inputs, name=MODEL, repository=repo,
                           input_names=builtin.input_names, output_names=builtin.output_names,
-                          dynamic_axes=builtin.dynamic_axes, max_batch_size=8)
+                          dynamic_axes=builtin.dynamic_axes, max_batch_size=8,
+                          version=1, overwrite=True)   # each run replaces the demo's one version on purpose
     model_file = repo / MODEL / "1" / "model.onnx"
     _step(1, "export", f"{MODEL} via the {report.exporter} exporter -> {model_file} "
           f"({model_file.stat().st_size / 1e6:.1f} MB, {report.nodes_exported} -> {report.nodes_served} nodes, "
