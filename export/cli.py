@@ -19,7 +19,6 @@ def add_parser(subparsers) -> None:
     """Add the ``export`` subcommand to an argparse subparsers object."""
     p = subparsers.add_parser(
         "export", help="export a PyTorch model to a verified ONNX model repository entry",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Export a built-in architecture (random weights) or your own module "
                     "(--factory file.py:function) to <model-repository>/<name>/<version>/, checking parity "
                     "with PyTorch before anything is written.",
@@ -27,7 +26,18 @@ def add_parser(subparsers) -> None:
     _add_model_arguments(p)
     _add_output_arguments(p)
     _add_check_arguments(p)
+    _show_defaults(p)
     p.set_defaults(func=run)
+
+
+def _show_defaults(p: argparse.ArgumentParser) -> None:
+    """Every option's help ends with its default, in the help text itself (what `--help` prints and what
+    tests/test_cli_help.py reads), not only through the formatter."""
+    switches = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)
+    for action in p._actions:
+        if action.option_strings and action.help and not isinstance(action, switches) \
+                and "%(default)" not in action.help and "default" not in action.help.lower():
+            action.help += " (default: none)" if action.default is None else " (default: %(default)s)"
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
