@@ -19,6 +19,7 @@ def add_parser(subparsers) -> None:
     """Add the ``export`` subcommand to an argparse subparsers object."""
     p = subparsers.add_parser(
         "export", help="export a PyTorch model to a verified ONNX model repository entry",
+        formatter_class=_DefaultsShown,
         description="Export a built-in architecture (random weights) or your own module "
                     "(--factory file.py:function) to <model-repository>/<name>/<version>/, checking parity "
                     "with PyTorch before anything is written.",
@@ -28,6 +29,15 @@ def add_parser(subparsers) -> None:
     _add_check_arguments(p)
     _show_defaults(p)
     p.set_defaults(func=run)
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to what does not already say its default (switches included)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.help and "(default:" in action.help:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _show_defaults(p: argparse.ArgumentParser) -> None:
@@ -52,19 +62,19 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
                         f"floats random normal, integers {INT_DEFAULT_RANGE[0]}..{INT_DEFAULT_RANGE[1]}, *mask all "
                         "ones, token_type_ids zeros, position_ids 0,1,2...")
     p.add_argument("--output", dest="outputs", action="append", default=None, metavar="NAME",
-                   help="output name, in order (repeatable); default: the module's own (dict keys) or output_N")
+                   help="output name, in order (repeatable) (default: the module's own dict keys, else output_N)")
     p.add_argument("--dynamic", action="append", default=[], metavar="NAME:AXIS:LABEL",
-                   help="a dynamic axis, e.g. input_ids:1:sequence (repeatable); default: axis 0 of every input "
-                        "and output is the batch when --max-batch-size > 0, every other axis fixed")
+                   help="a dynamic axis, e.g. input_ids:1:sequence (repeatable) (default: axis 0 of every input "
+                        "and output is the batch when --max-batch-size > 0, every other axis fixed)")
 
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", default=None, help="model name in the repository; default: the built-in's name "
-                                                "or the factory function's")
+    p.add_argument("--name", default=None, help="model name in the repository (default: the built-in's name "
+                                                "or the factory function's)")
     p.add_argument("--model-repository", "--repository", dest="repository", default=DEFAULT_REPOSITORY,
                    metavar="DIR", help="model repository root (--repository is the older name)")
     p.add_argument("--version", type=int, default=None,
-                   help="version folder to write; default: the next after the latest (1 for a new name)")
+                   help="version folder to write (default: the next after the latest, 1 for a new name)")
     p.add_argument("--overwrite", action="store_true", help="replace --version N if it exists")
     p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
                    help="largest batch the server forms; 0 for a model without a batch axis")
@@ -78,8 +88,8 @@ def _add_output_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=None,
-                   help="ONNX opset; default: the exporter's own. A lower one that fails the checker or "
-                        "parity falls back to the exporter's, with a note")
+                   help="ONNX opset; a lower one than the exporter's that fails the checker or parity falls back "
+                        "to the exporter's, with a note (default: the exporter's own)")
     p.add_argument("--strict-opset", action="store_true", help="fail instead of falling back from --opset")
     p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
                    help="auto tries dynamo (torch.export), then the TorchScript tracer")
@@ -88,8 +98,8 @@ def _add_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtol", type=float, default=1e-3, help="parity relative tolerance against PyTorch")
     p.add_argument("--atol", type=float, default=1e-4, help="parity absolute tolerance against PyTorch")
     p.add_argument("--parity-shape", action="append", default=None, metavar="LABEL=N[,LABEL=N]",
-                   help="extra sizes to check parity at, e.g. batch=3,sequence=40 (repeatable); default: "
-                        "batch 1 and the max batch, every other dynamic label at half its export size")
+                   help="extra sizes to check parity at, e.g. batch=3,sequence=40 (repeatable) (default: "
+                        "batch 1 and the max batch, every other dynamic label at half its export size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the example and parity inputs")
 
 
