@@ -15,26 +15,8 @@ packages=(
   golang-github-golang-protobuf-1-5-dev  # github.com/golang/protobuf 1.5: grpc-go's codec, bridged to APIv2
 )                                        # (1-5 replaces the 1-3 that grpc-dev would otherwise pull in)
 
-missing=()
-for p in "${packages[@]}"; do
-  if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != "installed" ]; then
-    missing+=("$p")
-  fi
-done
-
-if [ "${#missing[@]}" -eq 0 ]; then
-  echo "go-toolchain: already installed: ${packages[*]}"
-else
-  sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "go-toolchain: not root and no sudo; cannot install ${missing[*]}" >&2; exit 1; }
-    sudo=(sudo)
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  echo "go-toolchain: installing: ${missing[*]}"
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  echo "go-toolchain: installed: ${missing[*]}"
-fi
+# shellcheck source=apt-packages.sh
+source "$(dirname "$0")/apt-packages.sh"
+install_packages go-toolchain "${packages[@]}"
 
 echo "go-toolchain: $(go version), $(protoc --version), protoc-gen-go $(protoc-gen-go --version 2>&1 | awk '{print $2}'), protoc-gen-go-grpc $(protoc-gen-go-grpc --version 2>&1 | awk '{print $2}')"

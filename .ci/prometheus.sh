@@ -8,26 +8,8 @@ packages=(
   prometheus  # the Prometheus server (2.42 in bookworm); the test runs /usr/bin/prometheus, not the service
 )
 
-missing=()
-for p in "${packages[@]}"; do
-  if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != "installed" ]; then
-    missing+=("$p")
-  fi
-done
-
-if [ "${#missing[@]}" -eq 0 ]; then
-  echo "prometheus: already installed: ${packages[*]}"
-else
-  sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "prometheus: not root and no sudo; cannot install ${missing[*]}" >&2; exit 1; }
-    sudo=(sudo)
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  echo "prometheus: installing: ${missing[*]}"
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  echo "prometheus: installed: ${missing[*]}"
-fi
+# shellcheck source=apt-packages.sh
+source "$(dirname "$0")/apt-packages.sh"
+install_packages prometheus "${packages[@]}"
 
 echo "prometheus: $(prometheus --version 2>&1 | head -n 1)"

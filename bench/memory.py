@@ -36,6 +36,8 @@ SMALL_MODEL = "identity_fp32"
 # -- requests written by hand: a 60 MB typed request through protobuf would cost the client seconds ------
 
 def varint(n: int) -> bytes:
+    """``n`` as a protobuf varint (negative ints as their 64-bit two's complement, as protobuf writes them)."""
+    n &= (1 << 64) - 1
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)

@@ -7,17 +7,8 @@ import struct
 
 import numpy as np
 
+from tensorwire.bench.memory import varint  # one varint encoder, for the bench and the tests
 from tensorwire.proto.datatypes import CONTENTS_FIELD_DTYPES
-
-
-def varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def key(field: int, wire_type: int) -> bytes:
