@@ -516,6 +516,34 @@ def test_error_names_fault_and_offset():
         ext.decode_infer_request(HOSTILE["mismatched end-group"])
 
 
+LARGE = 70_000  # elements: past the extension's 64 KiB threshold, where it walks contents without the GIL
+
+
+def _large_contents(extra: bytes = b"") -> bytes:
+    varints = b"".join(varint(i % 300) for i in range(LARGE))  # one- and two-byte varints
+    return ld(3, varints) + extra + ld(8, b"x" * LARGE) + vint(3, 7)
+
+
+@pytest.mark.parametrize("extra", [b"", vint(12, 5), f32(3, 1.0)], ids=["plain", "unknown-field", "wrong-wire-type"])
+def test_large_contents_are_counted_and_decoded_like_small(codec, extra):
+    """What the check sees and what is decoded agree with protobuf, on the nogil walk and its fallback."""
+    buf = ld(1, b"m") + ld(5, ld(1, b"in") + ld(5, _large_contents(extra)))
+    seen = []
+    req = codec.decode_infer_request(buf, lambda counted: seen.extend((t.name, c) for t, c in counted))
+    assert seen == [("in", {"int64_contents": LARGE + 1, "bytes_contents": 1})]
+    assert req.inputs[0].contents["int64_contents"][-3:].tolist() == [(LARGE - 2) % 300, (LARGE - 1) % 300, 7]
+    decode(codec, buf)
+
+
+def test_large_contents_fault_is_raised_before_the_check(codec):
+    """A varint over 10 bytes at the end of a large packed run: a malformed request, the check never runs."""
+    buf = ld(5, ld(1, b"in") + ld(5, ld(3, b"\x01" * LARGE + b"\x80" * 11 + b"\x01")))
+    with pytest.raises(InvalidArgument, match="^malformed ModelInferRequest:") as info:
+        codec.decode_infer_request(buf, lambda counted: pytest.fail("check ran on a malformed request"))
+    if codec.name == "ext":
+        assert str(info.value).endswith(f"varint longer than 10 bytes at byte {LARGE + 16}")  # where it starts
+
+
 # --- encoding -------------------------------------------------------------------------------------------
 
 
