@@ -128,35 +128,7 @@ def run_compare(s: CompareSettings, write: Callable[[dict[str, Any], Path], Any]
     bar = progress_bar(len(sources) * (1 + len(s.batches) * len(engines)), s.progress)
     try:
         for source in sources:
-            name = source["name"]
-            bar.set_description(f"{name}: export")
-            mwork = work / name
-            mwork.mkdir(exist_ok=True)
-            job = {"source": source, "batches": s.batches, "threads": threads, "workdir": str(mwork),
-                   "rtol": s.rtol, "atol": s.atol, "engines": engines}
-            manifest = _child("tensorwire.bench.prepare", job, mwork, "prepare", s.prepare_timeout_s, env)
-            bar.update(1)
-            hidden = ("batches", "traceback", "weights")
-            payload["models"].append({k: v for k, v in manifest.items() if k not in hidden})
-            if "error" in manifest or "onnx" not in manifest:
-                for b in s.batches:
-                    for e in engines:
-                        payload["results"].append({"model": name, "batch": b, "engine": e, "ok": False,
-                                                   "error": f"prepare failed: {manifest.get('error')}"})
-                bar.update(len(s.batches) * len(engines))
-                continue
-            for b in s.batches:
-                for e in engines:
-                    bar.set_description(f"{name} b{b} {e}")
-                    ejob = {"engine": e, "batch": b, "threads": threads, "manifest": manifest, "loop": asdict(s.loop),
-                            "rtol": s.rtol, "atol": s.atol, "workdir": str(mwork)}
-                    result = _child("tensorwire.bench.engines", ejob, mwork, f"{e}-b{b}", s.engine_timeout_s, env)
-                    result.update(model=name, batch=b, engine=e)
-                    result.pop("traceback", None)
-                    payload["results"].append(result)
-                    add_ratios(payload["results"])
-                    write(payload, s.out)  # a long run killed midway still leaves what it measured
-                    bar.update(1)
+            _measure_model(s, source, payload, work, engines, threads, env, bar, write)
     finally:
         bar.close()
         if not s.keep_workdir and s.workdir is None:
@@ -164,6 +136,40 @@ def run_compare(s: CompareSettings, write: Callable[[dict[str, Any], Path], Any]
     add_ratios(payload["results"])
     write(payload, s.out)
     return payload
+
+
+def _measure_model(s: CompareSettings, source: dict, payload: dict[str, Any], work: Path, engines: list[str],
+                   threads: int, env: dict, bar, write: Callable) -> None:
+    """Export one model in a child process, then run each batch x engine in its own child."""
+    name = source["name"]
+    bar.set_description(f"{name}: export")
+    mwork = work / name
+    mwork.mkdir(exist_ok=True)
+    job = {"source": source, "batches": s.batches, "threads": threads, "workdir": str(mwork),
+           "rtol": s.rtol, "atol": s.atol, "engines": engines}
+    manifest = _child("tensorwire.bench.prepare", job, mwork, "prepare", s.prepare_timeout_s, env)
+    bar.update(1)
+    hidden = ("batches", "traceback", "weights")
+    payload["models"].append({k: v for k, v in manifest.items() if k not in hidden})
+    if "error" in manifest or "onnx" not in manifest:
+        for b in s.batches:
+            for e in engines:
+                payload["results"].append({"model": name, "batch": b, "engine": e, "ok": False,
+                                           "error": f"prepare failed: {manifest.get('error')}"})
+        bar.update(len(s.batches) * len(engines))
+        return
+    for b in s.batches:
+        for e in engines:
+            bar.set_description(f"{name} b{b} {e}")
+            ejob = {"engine": e, "batch": b, "threads": threads, "manifest": manifest, "loop": asdict(s.loop),
+                    "rtol": s.rtol, "atol": s.atol, "workdir": str(mwork)}
+            result = _child("tensorwire.bench.engines", ejob, mwork, f"{e}-b{b}", s.engine_timeout_s, env)
+            result.update(model=name, batch=b, engine=e)
+            result.pop("traceback", None)
+            payload["results"].append(result)
+            add_ratios(payload["results"])
+            write(payload, s.out)  # a long run killed midway still leaves what it measured
+            bar.update(1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -79,10 +79,8 @@ def _batch_shapes(specs: list[dict[str, Any]], batch: int, shapes: dict[str, lis
 
 
 def run_overhead(s: OverheadSettings) -> dict[str, Any]:
-    import onnxruntime as ort
-
+    """Measure in-process ORT, the served model and the echo floor side by side; write the report."""
     from tensorwire.bench import report
-    from tensorwire.client import InferenceClient, decode_response, encode_request
 
     threads = s.threads or usable_cpus()
     tmp = None
@@ -96,6 +94,22 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
         repo = Path(tmp.name) / "models"
         _export_builtin(s.model, s.size, repo)
     path = model_file(repo, s.model)
+    try:
+        measured = _measure(s, repo, path, threads)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    payload = _payload(s, measured, threads, str(path) if tmp is None
+                       else f"<tmp>/models/{s.model}/{path.parent.name}/model.onnx")
+    if s.out:
+        report.write_overhead(payload, s.out)
+    return payload
+
+
+def _measure(s: OverheadSettings, repo: Path, path: Path, threads: int) -> dict[str, Any]:
+    """Alternating rounds of the three: ORT in this process, the served model, the bare grpcio echo."""
+    from tensorwire.client import InferenceClient, decode_response, encode_request
+
     samples: dict[str, list[float]] = {"in_process": [], "served": [], "echo": []}
     bar = progress_bar(s.rounds, s.progress, unit="round")
     try:
@@ -103,26 +117,14 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
                                "--model-control-mode", "explicit", "--load-model", s.model,
                                "--fastpath", s.fastpath) as server, \
                 InferenceClient(server.address, timeout=60) as client:
-            deadline = time.monotonic() + 120
-            while not client.model_ready(s.model):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"model {s.model} not ready:\n{server.log()}")
-                time.sleep(0.1)
+            _wait_ready(client, server, s.model)
             specs = fetch_inputs(server.address, s.model)
             arrays, _ = make_inputs(specs, _batch_shapes(specs, s.batch, s.shapes))
             inputs = {n: a for n, (_, a) in arrays.items()}
             request = encode_request(s.model, inputs)
             response = client.infer_bytes(request)
-            served_out = decode_response(response).outputs
-
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-            local = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
-            parity_ok = all(np.allclose(served_out[k], v, rtol=1e-5, atol=1e-6) for k, v in local.items()
-                            if k in served_out) and set(local) == set(served_out)
-
+            session = _session(path, threads)
+            parity_ok = _parity(decode_response(response).outputs, session, inputs)
             with echo_server(len(response)) as echo, InferenceClient(echo.address, timeout=60) as echo_client:
                 fns = {"in_process": lambda: session.run(None, inputs),
                        "served": lambda: client.infer_bytes(request),
@@ -133,11 +135,39 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
                     bar.update(1)
     finally:
         bar.close()
-        if tmp is not None:
-            tmp.cleanup()
-    stats = {k: summarize(v) for k, v in samples.items()}
+    return {"samples": samples, "inputs": inputs, "request_bytes": len(request),
+            "response_bytes": len(response), "parity_ok": parity_ok}
+
+
+def _wait_ready(client, server, model: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not client.model_ready(model):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"model {model} not ready:\n{server.log()}")
+        time.sleep(0.1)
+
+
+def _session(path: Path, threads: int):
+    """An ORT session with the server's thread settings, for the in-process figure and parity."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _parity(served_out: dict, session, inputs: dict) -> bool:
+    local = dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+    return set(local) == set(served_out) and all(
+        np.allclose(served_out[k], v, rtol=1e-5, atol=1e-6) for k, v in local.items())
+
+
+def _payload(s: OverheadSettings, measured: dict[str, Any], threads: int, model_file_shown: str) -> dict[str, Any]:
+    """The JSON report: per-path statistics and the overhead of serving over the in-process run."""
+    stats = {k: summarize(v) for k, v in measured["samples"].items()}
     inproc, served, floor = (stats[k]["p50_ms"] * 1e3 for k in ("in_process", "served", "echo"))
-    payload: dict[str, Any] = {
+    return {
         "kind": "overhead",
         "schema": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -145,11 +175,11 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
         "settings": {**{k: v for k, v in asdict(s).items() if k not in ("out", "repository", "loop")},
                      "threads": threads, "loop": asdict(s.loop), "out": str(s.out) if s.out else None,
                      "repository": str(s.repository) if s.repository else "(exported to a temporary directory)"},
-        "model_file": str(path) if tmp is None else f"<tmp>/models/{s.model}/{path.parent.name}/model.onnx",
-        "input_shapes": {n: list(a.shape) for n, a in inputs.items()},
-        "request_bytes": len(request),
-        "response_bytes": len(response),
-        "parity_ok": bool(parity_ok),
+        "model_file": model_file_shown,
+        "input_shapes": {n: list(a.shape) for n, a in measured["inputs"].items()},
+        "request_bytes": measured["request_bytes"],
+        "response_bytes": measured["response_bytes"],
+        "parity_ok": bool(measured["parity_ok"]),
         **stats,
         "overhead": {
             "overhead_us": served - inproc,
@@ -160,9 +190,6 @@ def run_overhead(s: OverheadSettings) -> dict[str, Any]:
             "definition": "p50 served - p50 in-process; pct of in-process p50; floor = p50 of the echo",
         },
     }
-    if s.out:
-        report.write_overhead(payload, s.out)
-    return payload
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

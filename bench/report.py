@@ -149,6 +149,19 @@ def _engines(payload: dict[str, Any]) -> list[str]:
     return seen
 
 
+def _detail_row(r: dict[str, Any]) -> list[str]:
+    """One row of compare's "All figures" table."""
+    if not r.get("ok"):
+        return [r["model"], str(r["batch"]), r["engine"], f"error: {_short(r.get('error', '?'), 120)}", *["-"] * 8]
+    lat, p = r["latency"], r["parity"]
+    return [r["model"], str(r["batch"]), r["engine"], _f(lat["p50_ms"]), _f(lat["p90_ms"]), _f(lat["p99_ms"]),
+            _f(r["throughput_items_s"], 1), _f(r["peak_memory_mb"], 1),
+            f"x{r['speedup_vs_eager']:.2f}" if r.get("speedup_vs_eager") else "-",
+            f"{'ok' if p['ok'] else 'FAIL'} {p['max_abs_diff']:.1e}"
+            + (f", cos {p['min_cosine']:.5f}" if p.get("min_cosine") is not None else ""),
+            str(r["iterations"]), _f(r.get("compile_seconds"), 1)]
+
+
 def compare_markdown(payload: dict[str, Any]) -> str:
     """Summary (median and speedup per engine), details (every figure), and the models as exported."""
     s = payload["settings"]
@@ -170,22 +183,9 @@ def compare_markdown(payload: dict[str, Any]) -> str:
 
     summary = _table(["model", "batch", *[f"{e} ms" for e in engines]],
                      [[m, str(b), *[cell(by.get((m, b, e))) for e in engines]] for m, b in keys])
-    rows = []
-    for r in payload["results"]:
-        if not r.get("ok"):
-            rows.append([r["model"], str(r["batch"]), r["engine"], f"error: {_short(r.get('error', '?'), 120)}",
-                         *["-"] * 8])
-            continue
-        lat, p = r["latency"], r["parity"]
-        rows.append([r["model"], str(r["batch"]), r["engine"], _f(lat["p50_ms"]), _f(lat["p90_ms"]), _f(lat["p99_ms"]),
-                     _f(r["throughput_items_s"], 1), _f(r["peak_memory_mb"], 1),
-                     f"x{r['speedup_vs_eager']:.2f}" if r.get("speedup_vs_eager") else "-",
-                     f"{'ok' if p['ok'] else 'FAIL'} {p['max_abs_diff']:.1e}"
-                     + (f", cos {p['min_cosine']:.5f}" if p.get("min_cosine") is not None else ""),
-                     str(r["iterations"]),
-                     _f(r.get("compile_seconds"), 1)])
     details = _table(["model", "batch", "engine", "median ms", "p90 ms", "p99 ms", "items/s", "peak MB",
-                      "vs eager", "parity (max abs diff, cosine)", "iters", "compile s"], rows)
+                      "vs eager", "parity (max abs diff, cosine)", "iters", "compile s"],
+                     [_detail_row(r) for r in payload["results"]])
     models = _table(["model", "description", "parameters", "exporter", "ONNX MB", "export s", "prepare"],
                     [[m.get("name", "?"), m.get("description", "-"), f"{m.get('parameters', 0) / 1e6:.2f} M",
                       m.get("exporter", "-"), _f(m.get("onnx_bytes", 0) / 1e6, 1), _f(m.get("export_seconds"), 1),
