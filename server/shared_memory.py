@@ -35,7 +35,7 @@ from tensorwire.server.settings import ServerSettings
 SHM_DIR = "/dev/shm"
 MAX_KEY_LENGTH = 255  # NAME_MAX: the longest file name /dev/shm can hold
 MAX_REGION_NAME_LENGTH = 256
-_KEY = re.compile(r"/?([A-Za-z0-9_.-]{1,%d})" % MAX_KEY_LENGTH)
+_KEY = re.compile(rf"/?([A-Za-z0-9_.-]{{1,{MAX_KEY_LENGTH}}})")
 DISABLED = ("system shared memory is disabled on this server; start it with --allow-shared-memory to use it "
             "(see docs/shared-memory.md)")
 CUDA_UNSUPPORTED = ("CUDA shared memory is not supported by this server: tensorwire runs its models on ONNX "

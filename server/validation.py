@@ -30,8 +30,8 @@ from tensorwire.proto.tensors import (
 )
 from tensorwire.server.model_config import ModelSpec, TensorSpec
 from tensorwire.server.scratch import aligned_copy
-from tensorwire.server.shared_memory import SharedMemoryRegistry, ShmOutputs, ShmRef, checked, read_input, shm_ref
 from tensorwire.server.settings import ServerSettings
+from tensorwire.server.shared_memory import SharedMemoryRegistry, ShmOutputs, ShmRef, checked, read_input, shm_ref
 
 # Request/output parameter that asks for typed InferTensorContents instead of raw bytes
 # (the same name Triton's HTTP protocol uses for its binary tensor extension).
