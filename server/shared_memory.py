@@ -158,7 +158,8 @@ class SharedMemoryRegistry:
         if byte_size <= 0:
             raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args (byte_size is 0)")
         with self._lock:
-            self._check_room(name, byte_size)
+            if name in self._regions:
+                raise AlreadyExists(f"shared memory region '{name}' already in manager")
             fd = _open_object(key, file_name)
             try:
                 size = os.fstat(fd).st_size
@@ -166,14 +167,13 @@ class SharedMemoryRegistry:
                     raise InvalidArgument(
                         f"failed to register shared memory region '{name}': invalid args (offset {offset} + byte_size "
                         f"{byte_size} is beyond the {size} bytes of the object {shown(key)})")
+                self._check_room(name, byte_size)
             except BaseException:
                 os.close(fd)
                 raise
             self._regions[name] = Region(name, key, offset, byte_size, fd)
 
     def _check_room(self, name: str, byte_size: int) -> None:
-        if name in self._regions:
-            raise AlreadyExists(f"shared memory region '{name}' already in manager")
         if len(self._regions) >= self.max_regions:
             raise ResourceExhausted(
                 f"failed to register shared memory region '{name}': {len(self._regions)} regions are registered, "
