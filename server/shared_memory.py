@@ -106,6 +106,12 @@ class Region:
     def read(self, offset: int, byte_size: int) -> np.ndarray:
         """``byte_size`` bytes at ``offset`` of the region, copied into a fresh uint8 array (pread, never mmap)."""
         self.check_span(offset, byte_size)
+        try:
+            return self._read(offset, byte_size)
+        except OSError as exc:
+            raise InvalidArgument(f"shared memory region '{self.name}': cannot be read ({exc.strerror})") from None
+
+    def _read(self, offset: int, byte_size: int) -> np.ndarray:
         buf = np.empty(byte_size, np.uint8)
         view = memoryview(buf)
         start, got = self.offset + offset, 0
@@ -122,13 +128,18 @@ class Region:
         """Write ``data`` (a buffer) at ``offset`` of the region (pwrite), inside [offset, offset + byte_size) only."""
         size = memoryview(data).nbytes
         self.check_span(offset, size)
+        try:
+            self._write(offset, memoryview(data).cast("B"), size)
+        except OSError as exc:
+            raise InvalidArgument(f"shared memory region '{self.name}': cannot be written ({exc.strerror})") from None
+
+    def _write(self, offset: int, data: memoryview, size: int) -> None:
         end = self.offset + offset + size
         actual = os.fstat(self.fd).st_size
         if actual < end:
             raise InvalidArgument(
                 f"shared memory region '{self.name}': the object behind key {shown(self.key)} now holds {actual} "
                 f"bytes, too few for {size} bytes at offset {offset}; it was made smaller after registration")
-        data = memoryview(data).cast("B")
         done = 0
         while done < size:
             done += os.pwrite(self.fd, data[done:], self.offset + offset + done)
