@@ -46,12 +46,21 @@ def relu_model():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _median_us(fn, n: int) -> float:
-    return float(np.median(timing.measure(fn, timing.fixed_count(n, warmup=max(n // 10, 5))))) * 1e6
+def _medians_us(fns: dict, n: int, rounds: int = 5) -> dict:
+    """Median microseconds of each function, measured in ``rounds`` alternating blocks of ``n / rounds`` calls,
+    so that a noisy neighbour on the machine weighs on every figure alike."""
+    samples: dict = {name: [] for name in fns}
+    per = max(n // rounds, 1)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name] += timing.measure(fn, timing.fixed_count(per, warmup=max(per // 10, 3)))
+    return {name: float(np.median(v)) * 1e6 for name, v in samples.items()}
 
 
 def _case(session, x: np.ndarray, out_shape: tuple, n: int) -> dict:
-    """Median microseconds of: run alone; run + pwrite; IO binding bound once; IO binding rebound per call."""
+    """Median microseconds of: run alone; pwrite alone; run + pwrite; IO binding bound once (the output
+    buffer never changes: the best case); IO binding made and bound per call (what a server must do, since
+    each request names its own region and offset)."""
     size = int(np.prod(out_shape)) * 4
     with tempfile.NamedTemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as f:
         os.ftruncate(f.fileno(), size)
@@ -77,11 +86,13 @@ def _case(session, x: np.ndarray, out_shape: tuple, n: int) -> dict:
             b.bind_output("y", "cpu", 0, np.float32, list(out_shape), ptr)
             session.run_with_iobinding(b)
 
-        row = {"output_bytes": size,
-               "run_us": _median_us(lambda: session.run(None, {"x": x}), n),
-               "run_pwrite_us": _median_us(run_pwrite, n),
-               "binding_once_us": _median_us(bound_once, n),
-               "binding_rebound_us": _median_us(rebound, n)}
+        y = session.run(None, {"x": x})[0]
+        row = {"output_bytes": size, **_medians_us({
+            "run_us": lambda: session.run(None, {"x": x}),
+            "pwrite_us": lambda: os.pwrite(fd, memoryview(y.reshape(-1)).cast("B"), 0),
+            "run_pwrite_us": run_pwrite,
+            "binding_once_us": bound_once,
+            "binding_rebound_us": rebound}, n)}
         want = session.run(None, {"x": x})[0]
         rebound()
         assert np.array_equal(out, want), "IO binding wrote something else"
@@ -105,6 +116,35 @@ def measure(n: int = 400) -> list[dict]:
     return rows
 
 
+def _read_case(size: int, n: int) -> dict:
+    with tempfile.NamedTemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as f:
+        fd = f.fileno()
+        os.ftruncate(fd, size)
+        os.pwrite(fd, np.random.default_rng(0).bytes(size), 0)
+        mapping = mmap.mmap(fd, size)
+        reused = np.empty(size, np.uint8)
+
+        def fresh():
+            buf = np.empty(size, np.uint8)
+            os.preadv(fd, [buf], 0)
+
+        def copy_out():  # the view is released when the call ends, so the mapping can close afterwards
+            np.copyto(reused, np.frombuffer(mapping, np.uint8))
+
+        row = _medians_us({"pread_fresh_us": fresh, "pread_reused_us": lambda: os.preadv(fd, [reused], 0),
+                           "mmap_memcpy_us": copy_out, "pwrite_us": lambda: os.pwrite(fd, reused, 0)}, n)
+        mapping.close()
+    return row
+
+
+def read_costs(n: int = 400) -> list[dict]:
+    """An input's copy out of a region: preadv into a fresh buffer (what the server does), into a reused one,
+    and a memcpy out of a mapping (what a server that maps client memory would pay), for 600 KB and 4.8 MB."""
+    return [{"case": label, **_read_case(size, n)}
+            for label, size in (("600 KB (3x224x224 FP32)", 3 * 224 * 224 * 4),
+                                ("4.8 MB (batch 8)", 8 * 3 * 224 * 224 * 4))]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Prints a markdown table (bench/results/shared_memory/)."""
     p.add_argument("--iterations", type=int, default=400, metavar="N",
@@ -113,9 +153,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``tensorwire bench shared-memory``."""
-    print("| case | output | run (us) | run + pwrite (us) | IO binding, bound once (us) | IO binding, rebound (us) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| case | output | run (us) | pwrite alone (us) | run + pwrite (us) | IO binding, bound once (us) | "
+          "IO binding, bound per call (us) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in measure(args.iterations):
-        print(f"| {r['case']} | {r['output_bytes']} B | {r['run_us']:.1f} | {r['run_pwrite_us']:.1f} | "
-              f"{r['binding_once_us']:.1f} | {r['binding_rebound_us']:.1f} |")
+        print(f"| {r['case']} | {r['output_bytes']} B | {r['run_us']:.1f} | {r['pwrite_us']:.1f} | "
+              f"{r['run_pwrite_us']:.1f} | {r['binding_once_us']:.1f} | {r['binding_rebound_us']:.1f} |")
+    print()
+    print("| input copy | preadv, fresh buffer (us) | preadv, reused buffer (us) | memcpy from a mapping (us) | "
+          "pwrite (us) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in read_costs(args.iterations):
+        print(f"| {r['case']} | {r['pread_fresh_us']:.1f} | {r['pread_reused_us']:.1f} | {r['mmap_memcpy_us']:.1f} | "
+              f"{r['pwrite_us']:.1f} |")
     return 0
