@@ -30,6 +30,7 @@ import numpy as np
 
 from tensorwire.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from tensorwire.server.limits import shown
+from tensorwire.server.scratch import thread_buffer
 from tensorwire.server.settings import ServerSettings
 
 SHM_DIR = "/dev/shm"
@@ -103,16 +104,17 @@ class Region:
         if byte_size < 0 or offset + byte_size > self.byte_size:
             raise InvalidArgument(f"Invalid offset + byte size for shared memory region: '{self.name}'")
 
-    def read(self, offset: int, byte_size: int) -> np.ndarray:
-        """``byte_size`` bytes at ``offset`` of the region, copied into a fresh uint8 array (pread, never mmap)."""
+    def read(self, offset: int, byte_size: int, into: np.ndarray | None = None) -> np.ndarray:
+        """``byte_size`` bytes at ``offset`` of the region, copied (pread, never mmap) into ``into`` (a uint8
+        array of that size) or a fresh array."""
         self.check_span(offset, byte_size)
+        buf = np.empty(byte_size, np.uint8) if into is None else into
         try:
-            return self._read(offset, byte_size)
+            return self._read(offset, byte_size, buf)
         except OSError as exc:
             raise InvalidArgument(f"shared memory region '{self.name}': cannot be read ({exc.strerror})") from None
 
-    def _read(self, offset: int, byte_size: int) -> np.ndarray:
-        buf = np.empty(byte_size, np.uint8)
+    def _read(self, offset: int, byte_size: int, buf: np.ndarray) -> np.ndarray:
         view = memoryview(buf)
         start, got = self.offset + offset, 0
         while got < byte_size:
@@ -300,10 +302,13 @@ def shm_ref(params: dict, tensor: str) -> ShmRef | None:
     return ShmRef(region, values.get(OFFSET, 0), values[BYTE_SIZE])
 
 
-def read_input(regions: SharedMemoryRegistry | None, ref: ShmRef) -> np.ndarray:
-    """An input's bytes, copied out of its region (uint8); the region is leased only while it is read."""
+def read_input(regions: SharedMemoryRegistry | None, ref: ShmRef, slot: int) -> np.ndarray:
+    """An input's bytes, copied out of its region into this handler thread's scratch buffer ``slot`` (reused
+    from request to request: no page faults of a fresh buffer; server/scratch.py says why that is safe);
+    the region is leased only while it is read."""
     with checked(regions).lease(ref.region) as region:
-        return region.read(ref.offset, ref.byte_size)
+        region.check_span(ref.offset, ref.byte_size)
+        return region.read(ref.offset, ref.byte_size, thread_buffer(ref.byte_size, slot))
 
 
 def checked(regions: SharedMemoryRegistry | None) -> SharedMemoryRegistry:

@@ -369,7 +369,7 @@ def _shm_input_array(request: InferRequest, i: int, ref: ShmRef, dt, limits: Req
             f"{where}: {ref.byte_size} bytes from shared memory would take this request past this server's bound "
             f"of {limits.max_response_bytes} bytes per request (--max-message-mb)")
     budget[0] -= ref.byte_size
-    return array_from_raw(read_input(regions, ref), dt, inp.shape, where)
+    return array_from_raw(read_input(regions, ref, i), dt, inp.shape, where)
 
 
 def _shm_outputs(request: InferRequest, spec: ModelSpec, batch: int,
