@@ -3,7 +3,7 @@
 A region names part of a POSIX shared-memory object (``/dev/shm/<key>``) that the *client* created and
 can shrink at any time. Mapping such an object is unsafe: touching a mapped page past a size the client
 has since cut (ftruncate) kills the process with SIGBUS. So nothing here maps client memory. A region
-holds an open file descriptor; inputs are read with ``os.preadv`` into a fresh buffer and outputs written
+holds an open file descriptor; inputs are read with ``os.preadv`` into a buffer of the server's and outputs written
 with ``os.pwrite``: one copy each way, and a shrunk object gives a short read or a failed size check,
 which become a clear error for that request while the server goes on serving (docs/shared-memory.md).
 
