@@ -172,8 +172,19 @@ class InferenceServicer:
         self.regions.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    def cuda_shared_memory(self, request, context):
+    def cuda_shared_memory_register(self, request, context):
         raise Unimplemented(CUDA_UNSUPPORTED)
+
+    def cuda_shared_memory_status(self, request, context):
+        """No CUDA region can exist here, so the status is empty; Triton's CPU build answers the same."""
+        if request.name:
+            raise NotFound(f"Unable to find cuda shared memory region: {shown(request.name)}")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    def cuda_shared_memory_unregister(self, request, context):
+        """Nothing to unregister (Triton's CPU build answers OK too): perf_analyzer and tritonclient's clean-up
+        unregister CUDA regions unconditionally, and should not see an error for it."""
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     # -- inference (bytes in, bytes out) -----------------------------------------------------
     def model_infer(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes:
@@ -246,9 +257,10 @@ class InferenceServicer:
                                                 pb.SystemSharedMemoryRegisterRequest),
             "SystemSharedMemoryUnregister": unary(self.system_shared_memory_unregister,
                                                   pb.SystemSharedMemoryUnregisterRequest),
-            "CudaSharedMemoryStatus": unary(self.cuda_shared_memory, pb.CudaSharedMemoryStatusRequest),
-            "CudaSharedMemoryRegister": unary(self.cuda_shared_memory, pb.CudaSharedMemoryRegisterRequest),
-            "CudaSharedMemoryUnregister": unary(self.cuda_shared_memory, pb.CudaSharedMemoryUnregisterRequest),
+            "CudaSharedMemoryStatus": unary(self.cuda_shared_memory_status, pb.CudaSharedMemoryStatusRequest),
+            "CudaSharedMemoryRegister": unary(self.cuda_shared_memory_register, pb.CudaSharedMemoryRegisterRequest),
+            "CudaSharedMemoryUnregister": unary(self.cuda_shared_memory_unregister,
+                                                pb.CudaSharedMemoryUnregisterRequest),
             "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         }

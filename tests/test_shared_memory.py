@@ -221,10 +221,14 @@ def test_disabled_by_default(triton):
         t.set_data_from_numpy(np.ones((1, 16), np.float32))
     assert "--allow-shared-memory" in _refused(lambda: triton.infer("add_sub", plain, outputs=[o]), "UNAVAILABLE")
     assert "system_shared_memory" not in triton.get_server_metadata(as_json=True)["extensions"]
-    for call in (lambda: triton.get_cuda_shared_memory_status(),
-                 lambda: triton.register_cuda_shared_memory("c", b"\0" * 64, 0, 8),
-                 lambda: triton.unregister_cuda_shared_memory()):
-        assert "CUDA shared memory is not supported" in _refused(call, "UNIMPLEMENTED")
+    assert "CUDA shared memory is not supported" in _refused(
+        lambda: triton.register_cuda_shared_memory("c", b"\0" * 64, 0, 8), "UNIMPLEMENTED")
+    # no CUDA region can exist: an empty status, and unregistering nothing succeeds (Triton's CPU build)
+    assert not triton.get_cuda_shared_memory_status().regions
+    assert "Unable to find cuda shared memory region" in _refused(
+        lambda: triton.get_cuda_shared_memory_status("c"), "NOT_FOUND")
+    triton.unregister_cuda_shared_memory()
+    triton.unregister_cuda_shared_memory("c")
     assert triton.infer("add_sub", plain).as_numpy("OUTPUT0")[0, 0] == 2.0
 
 
@@ -485,7 +489,7 @@ def test_restricted_category_covers_every_shared_memory_rpc(repo):
             assert expected in _refused(call, "UNAVAILABLE")
         assert not c.get_system_shared_memory_status(headers=header).regions
         assert "CUDA shared memory is not supported" in _refused(
-            lambda: c.get_cuda_shared_memory_status(headers=header), "UNIMPLEMENTED")
+            lambda: c.register_cuda_shared_memory("c", b"\0" * 64, 0, 8, headers=header), "UNIMPLEMENTED")
         a, b = _data()
         np.testing.assert_array_equal(_plain(c, a, b)[0], a + b)  # inference is not in the category
         c.close()
