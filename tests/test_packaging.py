@@ -60,7 +60,8 @@ CALL = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", out, ROOT], timeout=1200)
+    # cwd: not the checkout, whose setuptools build/ folder would shadow the `build` package for `-m build`
+    _run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", out, ROOT], timeout=1200, cwd=out)
     return out
 
 
