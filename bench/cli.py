@@ -1,5 +1,6 @@
 """`tensorwire bench compare | load | overhead | codec | fastpath | batching | alignment | resilience | ab | memory
-| triton-perf | report`.
+| cpu | triton-perf
+| report`.
 
 Every subcommand is built the same way: its module declares its flags (``add_arguments(parser)``) and
 turns them into a run (``run(args) -> exit code``); this table only names the modules. Modules keep
@@ -25,6 +26,7 @@ COMMANDS = {
     "resilience": ("tensorwire.bench.resilience", "stalled clients and a killed worker: what the others still get"),
     "ab": ("tensorwire.bench.ab", "two installations side by side (before/after figures)"),
     "memory": ("tensorwire.bench.memory", "peak server memory per hostile request vs a bare grpcio receive"),
+    "cpu": ("tensorwire.bench.cpu", "server CPU per request, unary and streaming, variants beside a grpcio echo"),
     "triton-perf": ("tensorwire.bench.triton_perf", "perf_analyzer: plain gRPC vs system shared memory vs streaming"),
     "report": ("tensorwire.bench.report", "re-draw the markdown and plots of a saved result JSON"),
 }
