@@ -58,7 +58,7 @@ class Plan:
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """``nospin=--no-intra-op-spinning`` -> ("nospin", ["--no-intra-op-spinning"])."""
+    """``spin=--intra-op-spinning`` -> ("spin", ["--intra-op-spinning"])."""
     name, sep, rest = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=ARGS (ARGS may be empty)")

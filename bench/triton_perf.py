@@ -409,7 +409,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--case", dest="cases", action="append", default=[], choices=[c.name for c in CASES],
                    help="run only this case, repeatable (default: all)")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
-                   help="extra `tensorwire serve` argument, repeatable, e.g. --server-arg=--no-intra-op-spinning "
+                   help="extra `tensorwire serve` argument, repeatable, e.g. --server-arg=--intra-op-spinning "
                    "(default: none)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"result directory (default: {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="1 round, 500 ms windows, 3 trials (a smoke run)")

@@ -53,11 +53,11 @@ def test_triton_perf_summary_pairs_rounds_and_the_floor():
 
 
 def test_bench_cpu_variants_and_paired_ratios():
-    assert cpu.parse_variant("nospin=--no-intra-op-spinning --intra-op-threads 1") == (
-        "nospin", ["--no-intra-op-spinning", "--intra-op-threads", "1"])
+    assert cpu.parse_variant("spin=--intra-op-spinning --intra-op-threads 1") == (
+        "spin", ["--intra-op-spinning", "--intra-op-threads", "1"])
     assert cpu.parse_variant("default=") == ("default", [])
     with pytest.raises(Exception, match="NAME=ARGS"):
-        cpu.parse_variant("--no-intra-op-spinning")
+        cpu.parse_variant("--intra-op-spinning")
     rows = [{"target": t, "round": r, "concurrency": 8, "cpu_us_per_request": v}
             for r, (a, e) in enumerate(((1000, 400), (3000, 1000), (900, 500)))
             for t, v in (("default/unary", a), ("echo/unary", e))]
