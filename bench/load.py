@@ -428,6 +428,7 @@ def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, 
     level = merge(list(parts.values()), mode, concurrency, rate, procs)
     level["transport"] = "ModelStreamInfer" if s.streaming else "ModelInfer"
     level["server_cpu"] = procstat.cpu_per_request(cpu_before, cpu_after, level["ok"], pids) if pids else None
+    level["cpu_us_per_request"] = level["server_cpu"]["us_per_request"] if pids else None
     return level
 
 
@@ -554,7 +555,8 @@ def _run_plan(s: LoadSettings, request: bytes, plan: list, pids: list[int], echo
                 address, echo_pids = echo
                 other = run_level(replace(s, target=address, headers={}, tls=None), request, mode, c,
                                   r, echo_pids)
-                level["echo"] = {k: other[k] for k in ("ok", "errors", "throughput_rps", "latency", "server_cpu")}
+                level["echo"] = {k: other[k] for k in ("ok", "errors", "throughput_rps", "latency", "server_cpu",
+                                                       "cpu_us_per_request")}
                 level["cpu_ratio_vs_echo"] = _ratio(level["server_cpu"], other["server_cpu"])
             payload["levels"].append(level)
             bar.update(1)

@@ -36,8 +36,7 @@ def cpu_per_request(before: dict, after: dict, requests: int, pids: list[int]) -
     user = sum(after[p][0] - before[p][0] for p in pids)
     system = sum(after[p][1] - before[p][1] for p in pids)
     total = user + system
-    return {"pids": list(pids), "user_s": round(user, 3), "system_s": round(system, 3),
-            "cpu_s": round(total, 3),
+    return {"pids": list(pids), "user_s": user, "system_s": system, "cpu_s": total,
             "us_per_request": total / requests * 1e6 if requests else float("nan"),
             "tick_s": _TICK_S}
 
