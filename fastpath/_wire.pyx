@@ -911,6 +911,7 @@ cdef class _Output:
     cdef Py_ssize_t n           # typed numeric: element count
     cdef Py_ssize_t payload     # typed numeric: packed payload bytes
     cdef Py_ssize_t contents_size, tensor_size
+    cdef bint elsewhere         # written into shared memory: metadata only (and an empty raw entry)
 
     cdef uint8_t* write_tensor(self, uint8_t* p) except NULL:
         cdef Py_buffer view
@@ -921,7 +922,7 @@ cdef class _Output:
             p = _whead(p, 0x1A, self.shape_size)
             for dim in self.shape:
                 p = _wvarint(p, <uint64_t>dim)
-        if self.raw is not None:
+        if self.raw is not None or self.elsewhere:
             return p
         p = _whead(p, 0x2A, self.contents_size)
         if self.field == F_BYTES:
@@ -951,10 +952,16 @@ cdef _Output _output(out, bint raw):
             bits = _int64_bits(dim)
             o.shape.append(bits)
             o.shape_size += _vsize(bits)
-    dt = DATATYPES[out.datatype]
     o.tensor_size = _strsize(o.name) + _strsize(o.datatype)
     if o.shape:
         o.tensor_size += _ldsize(o.shape_size)
+    o.elsewhere = out.elsewhere
+    if o.elsewhere:  # as twin.build_infer_response: an empty raw entry in raw mode, no contents in typed mode
+        if raw:
+            o.raw = b""
+            o.raw_size = 0
+        return o
+    dt = DATATYPES[out.datatype]
     if raw:
         # what tensors.raw_from_array gives, taken as a buffer without memoryview.cast, which
         # refuses zero-size arrays of more than one dimension

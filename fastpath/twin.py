@@ -135,6 +135,10 @@ def build_infer_response(resp: InferResponse):
     _set_params(msg.parameters, resp.parameters)
     for out in resp.outputs:
         t = msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        if out.elsewhere:  # written into shared memory: an empty raw entry (as Triton), no typed contents
+            if resp.raw:
+                msg.raw_output_contents.append(b"")
+            continue
         dt = DATATYPES[out.datatype]
         if resp.raw:
             msg.raw_output_contents.append(bytes(raw_from_array(out.data, dt)))

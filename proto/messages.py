@@ -49,6 +49,9 @@ class OutputTensor:
     datatype: str
     shape: tuple[int, ...]
     data: np.ndarray  # dtype of the datatype; object array of bytes for BYTES
+    # True: the data was written elsewhere (a shared-memory region); the response carries the tensor's
+    # metadata and, in raw form, an empty raw_output_contents entry, as Triton does.
+    elsewhere: bool = False
 
 
 @dataclass(slots=True)

@@ -176,6 +176,7 @@ class TensorwireServer:
         still_started, still_finished = self.servicer.in_flight.snapshot()
         cut = still_started - still_finished  # grpc cancelled these when the grace ran out
         self.repository.close()
+        self.servicer.regions.close()
         self.ops.close()
         return ShutdownReport(in_flight=started - finished, cut=cut, grace_s=grace)
 

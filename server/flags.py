@@ -108,11 +108,17 @@ def check_settings(s: ServerSettings) -> None:
             f"--model-control-mode explicit cannot be used with --workers {s.workers}: a load or unload RPC reaches "
             "only the worker its connection landed on, so workers would serve different models; use one worker, "
             "or mode none with the models in the repository")
+    if s.allow_shared_memory and s.workers > 1:
+        raise SettingsError(
+            f"--allow-shared-memory cannot be used with --workers {s.workers}: shared-memory registrations live in "
+            "one process and the kernel spreads a client's connections over the workers, so a request could reach "
+            "a worker that never saw its region's registration; use one worker (docs/shared-memory.md)")
     if s.workers < 1:
         raise SettingsError(f"--workers must be at least 1, got {s.workers}")
     for name in ("limit_instance_count", "limit_thread_count", "limit_max_batch_size", "limit_queue_size",
                  "limit_queue_delay_us", "limit_warmup_mb", "max_message_mb", "max_concurrent_rpcs",
-                 "grpc_max_concurrent_streams", "max_bytes_elements", "max_typed_contents_mb"):
+                 "grpc_max_concurrent_streams", "max_bytes_elements", "max_typed_contents_mb",
+                 "limit_shared_memory_regions", "limit_shared_memory_mb"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
     if s.handler_threads < 0:

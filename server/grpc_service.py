@@ -17,11 +17,12 @@ from google.protobuf.message import DecodeError
 
 from tensorwire import __version__
 from tensorwire import proto as pb
-from tensorwire.errors import InvalidArgument, NotFound, RequestError, Unavailable
+from tensorwire.errors import InvalidArgument, NotFound, RequestError, Unavailable, Unimplemented
 from tensorwire.fastpath import Codec
 from tensorwire.server.limits import check_config_json_size, shown
 from tensorwire.server.model import Call
 from tensorwire.server.repository import READY, ModelRepository
+from tensorwire.server.shared_memory import CUDA_UNSUPPORTED, SharedMemoryRegistry
 
 log = logging.getLogger("tensorwire.grpc")
 
@@ -64,6 +65,7 @@ class InferenceServicer:
     def __init__(self, repository: ModelRepository, codec: Codec) -> None:
         self.repository = repository
         self.codec = codec
+        self.regions = SharedMemoryRegistry(repository.settings)
         self.draining = threading.Event()
         self.started = threading.Event()
         self.in_flight = InFlight()
@@ -89,7 +91,8 @@ class InferenceServicer:
         return pb.ModelReadyResponse(ready=not self.draining.is_set())
 
     def server_metadata(self, request, context):
-        return pb.ServerMetadataResponse(name="tensorwire", version=__version__, extensions=EXTENSIONS)
+        extensions = EXTENSIONS + ["system_shared_memory"] if self.regions.enabled else EXTENSIONS
+        return pb.ServerMetadataResponse(name="tensorwire", version=__version__, extensions=extensions)
 
     # -- model description -------------------------------------------------------------------
     def model_metadata(self, request, context):
@@ -153,11 +156,30 @@ class InferenceServicer:
         if repository_name and repository_name not in (root.name, str(root)):
             raise NotFound(f"unknown repository {shown(repository_name)}; this server has one: '{root.name}'")
 
+    # -- shared memory (server/shared_memory.py; docs/shared-memory.md) ---------------------------
+    def system_shared_memory_status(self, request, context):
+        resp = pb.SystemSharedMemoryStatusResponse()
+        for r in self.regions.status(request.name):
+            resp.regions[r.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size))
+        return resp
+
+    def system_shared_memory_register(self, request, context):
+        self.regions.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def system_shared_memory_unregister(self, request, context):
+        self.regions.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    def cuda_shared_memory(self, request, context):
+        raise Unimplemented(CUDA_UNSUPPORTED)
+
     # -- inference (bytes in, bytes out) -----------------------------------------------------
     def model_infer(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes:
         if self.draining.is_set():
             raise Unavailable(DRAINING)
-        return self.codec.encode_infer_response(self._infer(request_bytes, Call.of_grpc(context)))
+        return self.codec.encode_infer_response(self._infer(request_bytes, Call.of_grpc(context, self.regions)))
 
     def _infer(self, request_bytes: bytes, call: Call):
         """The model first (peek reads fields 1-2 only), then the body, decoded under that model's bounds:
@@ -169,7 +191,7 @@ class InferenceServicer:
 
     def model_stream_infer(self, request_iterator: Iterator[bytes], context) -> Iterator[bytes]:
         """Answer each streamed request in order; a failed one gets error_message, the stream goes on."""
-        call = Call.of_grpc(context)
+        call = Call.of_grpc(context, self.regions)
         for request_bytes in request_iterator:
             if self.draining.is_set():
                 yield self.codec.encode_stream_response(None, DRAINING)
@@ -219,6 +241,14 @@ class InferenceServicer:
             "RepositoryIndex": unary(self.repository_index, pb.RepositoryIndexRequest),
             "RepositoryModelLoad": unary(self.repository_model_load, pb.RepositoryModelLoadRequest),
             "RepositoryModelUnload": unary(self.repository_model_unload, pb.RepositoryModelUnloadRequest),
+            "SystemSharedMemoryStatus": unary(self.system_shared_memory_status, pb.SystemSharedMemoryStatusRequest),
+            "SystemSharedMemoryRegister": unary(self.system_shared_memory_register,
+                                                pb.SystemSharedMemoryRegisterRequest),
+            "SystemSharedMemoryUnregister": unary(self.system_shared_memory_unregister,
+                                                  pb.SystemSharedMemoryUnregisterRequest),
+            "CudaSharedMemoryStatus": unary(self.cuda_shared_memory, pb.CudaSharedMemoryStatusRequest),
+            "CudaSharedMemoryRegister": unary(self.cuda_shared_memory, pb.CudaSharedMemoryRegisterRequest),
+            "CudaSharedMemoryUnregister": unary(self.cuda_shared_memory, pb.CudaSharedMemoryUnregisterRequest),
             "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
         }

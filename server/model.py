@@ -23,9 +23,12 @@ import grpc
 import numpy as np
 
 from tensorwire.errors import Cancelled, DeadlineExceeded, Internal, RequestError, ResourceExhausted
+from tensorwire.proto.datatypes import DATATYPES
 from tensorwire.proto.messages import InferRequest, InferResponse, OutputTensor
+from tensorwire.proto.tensors import raw_from_array
 from tensorwire.server.model_config import ModelSpec
 from tensorwire.server.scheduler import Scheduler
+from tensorwire.server.shared_memory import SharedMemoryRegistry
 from tensorwire.server.statistics import ModelStatistics, RequestTimes
 from tensorwire.server.validation import (
     DEFAULT_LIMITS,
@@ -56,13 +59,15 @@ class Call:
     # Registers a function to run when the call ends (cancelled, timed out or answered); returns False if it
     # already ended. What lets a request queued in a batcher leave at once when its client goes away.
     on_end: Callable[[Callable[[], None]], bool] | None = None
+    # The server's shared-memory regions, for requests that name one (None: this caller cannot use them).
+    regions: SharedMemoryRegistry | None = None
 
     @classmethod
-    def of_grpc(cls, context) -> Call:
-        """The caller behind a grpcio ``ServicerContext``."""
+    def of_grpc(cls, context, regions: SharedMemoryRegistry | None = None) -> Call:
+        """The caller behind a grpcio ``ServicerContext`` (with the server's shared-memory ``regions``)."""
         remaining = context.time_remaining()
         deadline = None if remaining is None or remaining > _NO_DEADLINE_S else time.monotonic() + remaining
-        return cls(deadline, context.is_active, context.add_callback)
+        return cls(deadline, context.is_active, context.add_callback, regions)
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None without a deadline."""
@@ -128,8 +133,9 @@ class Model:
         if self._resolve is not None:
             self.stats.abandon()
             return self._resolve(request.model_name, request.model_version).infer(request, call)
+        prep = None
         try:
-            prep = prepare_fast(request, self.lane) or prepare(request, self.spec, self.limits)
+            prep = prepare_fast(request, self.lane) or prepare(request, self.spec, self.limits, call.regions)
             bound = self.response_bound
             if bound.before:  # only models whose largest static answer exceeds --max-message-mb
                 bound.check(prep)
@@ -140,10 +146,14 @@ class Model:
                 bound.check(prep, execution.outputs)
             response = self._package(request, prep, execution.outputs)
         except BaseException as exc:
+            if prep is not None and prep.shm is not None:
+                prep.shm.release()
             self.stats.record_failure(time.perf_counter_ns() - start, failure_reason(exc))
             if self.access_rate and random.random() < self.access_rate:
                 self._access(request, getattr(exc, "code", grpc.StatusCode.INTERNAL).name, start)
             raise
+        if prep.shm is not None:
+            prep.shm.release()
         end = time.perf_counter_ns()
         times = RequestTimes(queue_ns=execution.queue_ns, compute_input_ns=prepared - start + execution.input_ns,
                              compute_infer_ns=execution.infer_ns, compute_output_ns=end - ran)
@@ -163,8 +173,13 @@ class Model:
     def _package(self, request: InferRequest, prep: PreparedRequest, arrays: list) -> InferResponse:
         datatypes = self.output_datatypes
         outputs = []
+        shm = prep.shm.targets if prep.shm is not None else ()
         for name, arr in zip(prep.output_names, arrays):
             arr = np.asarray(arr)
+            if name in shm:  # into the client's region; the answer carries its metadata and an empty entry
+                prep.shm.write(name, raw_from_array(arr, DATATYPES[datatypes[name]]))
+                outputs.append(OutputTensor(name, datatypes[name], arr.shape, arr, elsewhere=True))
+                continue
             outputs.append(OutputTensor(name, datatypes[name], arr.shape, arr))
         return InferResponse(model_name=self.spec.name, model_version=self.version, id=request.id,
                              outputs=outputs, raw=prep.raw_output)

@@ -1,4 +1,5 @@
-"""Per-thread scratch buffers for the one copy the hot path makes: realigning a misaligned input view.
+"""Per-thread scratch buffers for the one copy the hot path makes: realigning a misaligned input view, or
+reading an input out of a shared-memory region.
 
 A fresh 600 KB allocation per request costs page faults and zero-filling, several times the copy itself
 into warm memory (the copy's cost: bench/results/fastpath/alignment.md, "copy alone"). Each
@@ -19,18 +20,25 @@ MAX_SCRATCH_BYTES = 16 * 1024 * 1024
 _local = threading.local()
 
 
-def aligned_copy(arr: np.ndarray, slot: int) -> np.ndarray:
-    """``arr`` copied into this thread's scratch buffer number ``slot`` (one per input of a request)."""
-    nbytes = arr.nbytes
+def thread_buffer(nbytes: int, slot: int) -> np.ndarray:
+    """``nbytes`` (uint8, 16-byte aligned) of this thread's scratch buffer number ``slot`` (one per input of a
+    request); a fresh array above ``MAX_SCRATCH_BYTES``. Also where inputs read from shared memory land."""
     if nbytes > MAX_SCRATCH_BYTES:
-        return arr.copy()
+        return np.empty(nbytes, np.uint8)
     buffers: list = getattr(_local, "buffers", None) or []
     _local.buffers = buffers
     while len(buffers) <= slot:
         buffers.append(np.empty(0, np.uint8))
     if buffers[slot].nbytes < nbytes:
         buffers[slot] = np.empty(max(nbytes, 4096), np.uint8)  # numpy allocations are 16-byte aligned
-    out = buffers[slot][:nbytes]
+    return buffers[slot][:nbytes]
+
+
+def aligned_copy(arr: np.ndarray, slot: int) -> np.ndarray:
+    """``arr`` copied into this thread's scratch buffer number ``slot`` (one per input of a request)."""
+    if arr.nbytes > MAX_SCRATCH_BYTES:
+        return arr.copy()
+    out = thread_buffer(arr.nbytes, slot)
     # As bytes: numpy's copy loop for a misaligned typed source is slower than a plain memcpy (measured when
     # the hot path was built; `tensorwire bench alignment` times the copy).
     np.copyto(out, arr.reshape(-1).view(np.uint8))

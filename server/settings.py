@@ -136,6 +136,15 @@ class ServerSettings:
         65_536, help="largest dynamic_batching default_queue_policy.max_queue_size a config may set")
     limit_warmup_mb: float = setting(
         256.0, help="largest total size, in MiB, of the model_warmup inputs a config may describe")
+    # -- system shared memory (Triton's extension; docs/shared-memory.md) ---------------------------------
+    allow_shared_memory: bool = setting(
+        False, optional_bool=True,
+        help="serve Triton's system shared-memory extension: clients on this host register POSIX shared-memory "
+        "objects (/dev/shm) and pass tensors through them instead of the socket; needs --workers 1")
+    limit_shared_memory_regions: int = setting(
+        64, help="most system shared-memory regions registered at once (each holds one file descriptor)")
+    limit_shared_memory_mb: float = setting(
+        1024.0, help="most MiB registered as system shared-memory regions, all regions together")
     # -- requests and threads ------------------------------------------------------------------------------
     max_message_mb: float = setting(
         64.0, help="largest request and response in MiB (the default fits a batch of 64 3x224x224 FP32 images)")

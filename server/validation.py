@@ -31,6 +31,7 @@ from tensorwire.proto.tensors import (
 from tensorwire.server.model_config import ModelSpec, TensorSpec
 from tensorwire.server.scratch import aligned_copy
 from tensorwire.server.settings import ServerSettings
+from tensorwire.server.shared_memory import SharedMemoryRegistry, ShmOutputs, ShmRef, checked, read_input, shm_ref
 
 # Request/output parameter that asks for typed InferTensorContents instead of raw bytes
 # (the same name Triton's HTTP protocol uses for its binary tensor extension).
@@ -132,6 +133,8 @@ class ResponseBound:
         """Before the run (``arrays`` None): the static outputs' size; after it: every array's."""
         total, parts = 0, []
         for i, name in enumerate(prep.output_names):
+            if prep.shm is not None and name in prep.shm.targets:
+                continue  # written into the client's region, not into the response
             n, raw, typed = self.rows[name]
             per = raw if prep.raw_output else typed
             if arrays is not None:
@@ -159,6 +162,7 @@ class PreparedRequest:
     batch_size: int  # 0 for models that do not batch
     raw_output: bool
     misaligned: int  # inputs copied because their view was not aligned to their dtype's size
+    shm: ShmOutputs | None = None  # outputs written into shared-memory regions (leased until the answer)
 
 
 @dataclass(frozen=True)
@@ -217,7 +221,7 @@ def prepare_fast(request: InferRequest, lane: FastLane) -> PreparedRequest | Non
     for i in range(n):
         inp = inputs[i]
         want = lane.inputs.get(inp.name)
-        if want is None or inp.contents:
+        if want is None or inp.contents or inp.parameters:  # parameters: maybe shared memory
             return None
         name, dtype, itemsize, expected = want
         shape = inp.shape
@@ -289,17 +293,27 @@ def _bytes_as_text(arr: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
-def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFAULT_LIMITS) -> PreparedRequest:
-    """Validate ``request`` against ``spec``; return ORT feeds (views of the request where possible)."""
+def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFAULT_LIMITS,
+            regions: SharedMemoryRegistry | None = None) -> PreparedRequest:
+    """Validate ``request`` against ``spec``; return ORT feeds (views of the request where possible).
+
+    Inputs that name a shared-memory region (``regions``) are read from it; raw_input_contents then hold
+    one entry per other input, in input order (Triton's rule). Outputs that name a region get it leased
+    in the result's ``shm``; a failure here releases what was leased.
+    """
+    shm_in = {i: ref for i, inp in enumerate(request.inputs)
+              if inp.parameters and (ref := shm_ref(inp.parameters, inp.name)) is not None}
     n_raw = len(request.raw_input_contents)
-    if n_raw and n_raw != len(request.inputs):
+    n_plain = len(request.inputs) - len(shm_in)
+    if n_raw and n_raw != n_plain:
         raise InvalidArgument(
-            f"raw_input_contents has {n_raw} entries but the request has {len(request.inputs)} inputs; "
-            "send one entry per input, in input order"
+            f"raw_input_contents has {n_raw} entries but the request has {n_plain} inputs not in shared memory; "
+            "send one entry per such input, in input order"
         )
     feeds: dict[str, np.ndarray] = {}
     batch: int | None = None
     misaligned = 0
+    budget = [limits.max_response_bytes]  # what shared-memory inputs may make this request hold
     for i, inp in enumerate(request.inputs):
         t = _declared_input(spec, inp, feeds)
         if spec.max_batch_size > 0:
@@ -308,7 +322,10 @@ def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFA
                     f"input '{inp.name}': batch size {inp.shape[0]} differs from the other inputs' {batch}"
                 )
             batch = inp.shape[0]
-        arr = _input_array(request, i, t.datatype, limits)
+        if i in shm_in:
+            arr = _shm_input_array(request, i, shm_in[i], t.datatype, limits, budget, regions)
+        else:
+            arr = _input_array(request, i, i - sum(1 for j in shm_in if j < i), t.datatype, limits)
         if t.datatype.name == "BYTES":
             arr = _bytes_as_text(arr, inp.name)
         elif not arr.flags.aligned:
@@ -325,7 +342,58 @@ def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFA
             f"{_describe_inputs(spec)}"
         )
     names, raw_output = _requested_outputs(request, spec)
-    return PreparedRequest(feeds, names, batch or 0, raw_output, misaligned)
+    shm = _shm_outputs(request, spec, batch or 0, regions)
+    return PreparedRequest(feeds, names, batch or 0, raw_output, misaligned, shm)
+
+
+def _shm_input_array(request: InferRequest, i: int, ref: ShmRef, dt, limits: RequestLimits, budget: list[int],
+                     regions: SharedMemoryRegistry | None) -> np.ndarray:
+    """Input ``i``'s data read from its shared-memory region, held to the same checks as raw bytes; sizes
+    are checked before a byte is read, and all of a request's shared-memory inputs together are bounded by
+    the largest message (they stand for bytes that would otherwise have come in it)."""
+    inp = request.inputs[i]
+    where = f"input '{inp.name}'"
+    regions = checked(regions)
+    if inp.contents:
+        raise InvalidArgument(f"unexpected 'content' provided when using shared memory for input tensor "
+                              f"'{inp.name}' for model '{request.model_name}'")
+    count = element_count(inp.shape)
+    if dt.name == "BYTES":
+        check_bytes_elements(count, where, limits)
+    elif ref.byte_size != count * dt.itemsize:
+        raise InvalidArgument(
+            f"{where}: shared_memory_byte_size is {ref.byte_size}, but shape {format_shape(inp.shape)} of {dt.name} "
+            f"needs {count * dt.itemsize} bytes ({count} elements x {dt.itemsize} bytes)")
+    if ref.byte_size > budget[0]:
+        raise ResourceExhausted(
+            f"{where}: {ref.byte_size} bytes from shared memory would take this request past this server's bound "
+            f"of {limits.max_response_bytes} bytes per request (--max-message-mb)")
+    budget[0] -= ref.byte_size
+    return array_from_raw(read_input(regions, ref, i), dt, inp.shape, where)
+
+
+def _shm_outputs(request: InferRequest, spec: ModelSpec, batch: int,
+                 regions: SharedMemoryRegistry | None) -> ShmOutputs | None:
+    """The requested outputs to write into shared memory, leased; an output whose dims are all static is
+    checked against its region's size now, before the model runs."""
+    shm = None
+    try:
+        for out in request.outputs:
+            ref = shm_ref(out.parameters, out.name) if out.parameters else None
+            if ref is None:
+                continue
+            if shm is None:
+                shm = ShmOutputs()
+            shm.add(checked(regions), out.name, ref)
+            t = spec.output_by_name[out.name]
+            if all(d >= 0 for d in t.dims) and t.datatype.name != "BYTES" and t.datatype.itemsize:
+                rows = max(batch, 1) if spec.max_batch_size > 0 else 1
+                shm.check_size(out.name, math.prod(t.dims) * rows * t.datatype.itemsize)
+    except BaseException:
+        if shm is not None:
+            shm.release()
+        raise
+    return shm
 
 
 def _declared_input(spec: ModelSpec, inp, seen: dict) -> TensorSpec:
@@ -346,8 +414,9 @@ def _declared_input(spec: ModelSpec, inp, seen: dict) -> TensorSpec:
     return t
 
 
-def _input_array(request: InferRequest, i: int, dt, limits: RequestLimits) -> np.ndarray:
-    """Input ``i``'s data as an array of its shape: a view of its raw bytes, or its typed contents."""
+def _input_array(request: InferRequest, i: int, raw_index: int, dt, limits: RequestLimits) -> np.ndarray:
+    """Input ``i``'s data as an array of its shape: a view of its raw bytes (entry ``raw_index``: inputs in
+    shared memory have none), or its typed contents."""
     inp = request.inputs[i]
     where = f"input '{inp.name}'"
     if dt.name == "BYTES":  # before a single element is split out of the raw bytes
@@ -358,7 +427,7 @@ def _input_array(request: InferRequest, i: int, dt, limits: RequestLimits) -> np
                 f"{where}: has typed contents while the request also uses raw_input_contents; "
                 "use one or the other for all inputs"
             )
-        return array_from_raw(request.raw_input_contents[i], dt, inp.shape, where)
+        return array_from_raw(request.raw_input_contents[raw_index], dt, inp.shape, where)
     if not inp.contents and element_count(inp.shape) > 0:
         raise InvalidArgument(
             f"{where}: no data; send it in contents.{dt.contents_field or 'raw'} or raw_input_contents")

@@ -606,6 +606,33 @@ def test_encode_empty_multidimensional_output(raw):
         assert_same_response(resp)
 
 
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+def test_encode_outputs_written_elsewhere(raw):
+    """An output written into shared memory: its name, datatype and shape, an empty raw_output_contents entry
+    in raw form (as Triton sends, which perf_analyzer needs) and no contents in typed form; its data is never
+    read (a BF16 array that typed form could not carry, or None). Raw entries stay in output order."""
+    outputs = [
+        OutputTensor("a", "FP32", (1, 2), np.array([[1.0, 2.0]], np.float32)),
+        OutputTensor("shm", "FP32", (2, 16), None, elsewhere=True),
+        OutputTensor("shm_bf16", "BF16", (4,), np.zeros(4, np.uint16), elsewhere=True),
+        OutputTensor("b", "INT64", (1,), np.array([7], np.int64)),
+    ]
+    resp = InferResponse("m", "1", "id", outputs, {"p": 1}, raw)
+    assert_same_response(resp)
+    msg = pb.ModelInferResponse.FromString(load_codec("ext").encode_infer_response(resp))
+    assert [(o.name, o.datatype, list(o.shape)) for o in msg.outputs] == [
+        ("a", "FP32", [1, 2]), ("shm", "FP32", [2, 16]), ("shm_bf16", "BF16", [4]), ("b", "INT64", [1])]
+    assert not msg.outputs[1].HasField("contents") and not msg.outputs[2].HasField("contents")
+    if raw:
+        assert list(msg.raw_output_contents) == [outputs[0].data.tobytes(), b"", b"", outputs[3].data.tobytes()]
+    else:
+        assert not msg.raw_output_contents and list(msg.outputs[3].contents.int64_contents) == [7]
+    stream = pb.ModelStreamInferResponse.FromString(load_codec("ext").encode_stream_response(resp))
+    assert stream.infer_response == msg
+    assert load_codec("twin").encode_stream_response(resp) == load_codec("ext").encode_stream_response(resp) or \
+        pb.ModelStreamInferResponse.FromString(load_codec("twin").encode_stream_response(resp)) == stream
+
+
 def test_encode_large_raw_output_is_exact():
     data = np.random.default_rng(0).random((256, 1024), dtype=np.float32)
     resp = InferResponse("m", "1", "", [OutputTensor("y", "FP32", data.shape, data)])

@@ -57,7 +57,9 @@ def test_service_methods_match_tritonclient():
     served = {m.name for m in ours.methods}
     assert served == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
                       "ModelStreamInfer", "ModelConfig", "ModelStatistics", "RepositoryIndex",
-                      "RepositoryModelLoad", "RepositoryModelUnload"}
+                      "RepositoryModelLoad", "RepositoryModelUnload",
+                      "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+                      "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"}
     for name in served:
         t, o = theirs.methods_by_name[name], ours.methods_by_name[name]
         assert (o.input_type.full_name, o.output_type.full_name) == (t.input_type.full_name, t.output_type.full_name)

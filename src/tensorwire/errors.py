@@ -82,6 +82,12 @@ class PermissionDenied(RequestError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class AlreadyExists(RequestError):
+    """What the request would create exists already (a shared-memory region name, as Triton)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class ModelLoadError(RequestError):
     """A model could not be loaded; the reason is kept for RepositoryIndex and ModelReady."""
 
@@ -91,7 +97,7 @@ class ModelLoadError(RequestError):
 _BY_STATUS: dict[grpc.StatusCode, type[RequestError]] = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, Unavailable, ResourceExhausted, DeadlineExceeded, Internal,
-                Unimplemented, Cancelled, Unauthenticated, PermissionDenied)
+                Unimplemented, Cancelled, Unauthenticated, PermissionDenied, AlreadyExists)
 }
 
 

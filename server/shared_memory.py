@@ -1,0 +1,354 @@
+"""System shared memory (Triton's extension): the registry of regions a local client registered.
+
+A region names part of a POSIX shared-memory object (``/dev/shm/<key>``) that the *client* created and
+can shrink at any time. Mapping such an object is unsafe: touching a mapped page past a size the client
+has since cut (ftruncate) kills the process with SIGBUS. So nothing here maps client memory. A region
+holds an open file descriptor; inputs are read with ``os.preadv`` into a buffer of the server's and outputs written
+with ``os.pwrite``: one copy each way, and a shrunk object gives a short read or a failed size check,
+which become a clear error for that request while the server goes on serving (docs/shared-memory.md).
+
+Every name a client sends is checked before any file-system call: a key is a plain POSIX shm name (an
+optional leading '/', then letters, digits, '_', '.', '-'), opened with O_NOFOLLOW inside /dev/shm, and
+must be a regular file large enough for the region. Messages quote the client's key, never a host path.
+Regions are bounded in number and total bytes (--limit-shared-memory-regions, --limit-shared-memory-mb).
+
+Unregistering a region in use is safe: requests hold a lease on the region, and the descriptor is closed
+when the last lease ends; the name is free again at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tensorwire.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from tensorwire.server.limits import shown
+from tensorwire.server.scratch import thread_buffer
+from tensorwire.server.settings import ServerSettings
+
+SHM_DIR = "/dev/shm"
+MAX_KEY_LENGTH = 255  # NAME_MAX: the longest file name /dev/shm can hold
+MAX_REGION_NAME_LENGTH = 256
+_KEY = re.compile(rf"/?([A-Za-z0-9_.-]{{1,{MAX_KEY_LENGTH}}})")
+DISABLED = ("system shared memory is disabled on this server; start it with --allow-shared-memory to use it "
+            "(see docs/shared-memory.md)")
+CUDA_UNSUPPORTED = ("CUDA shared memory is not supported by this server: tensorwire runs its models on ONNX "
+                    "Runtime without CUDA IPC; use system shared memory (--allow-shared-memory) or send tensors "
+                    "in the request (see docs/shared-memory.md)")
+# The three tensor parameters of Triton's extension, on inputs and requested outputs.
+REGION = "shared_memory_region"
+OFFSET = "shared_memory_offset"
+BYTE_SIZE = "shared_memory_byte_size"
+SHM_PARAMETERS = (REGION, OFFSET, BYTE_SIZE)
+_OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def object_file_name(key: str) -> str:
+    """The file name of POSIX shm object ``key`` in /dev/shm; INVALID_ARGUMENT for anything but a plain name."""
+    m = _KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is None or m.group(1) in (".", ".."):
+        raise InvalidArgument(
+            f"shared memory key {shown(key)} is not a POSIX shared memory name: use an optional leading '/' and then "
+            f"1 to {MAX_KEY_LENGTH} letters, digits, '_', '.' or '-' (not '.' or '..')")
+    return m.group(1)
+
+
+@dataclass(eq=False)
+class Region:
+    """One registered region: ``byte_size`` bytes at ``offset`` of the object ``key``, open as ``fd``.
+
+    ``_leases`` counts requests using it; ``_registered`` goes False on unregister, and the descriptor is
+    closed when both say nobody needs it any more.
+    """
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    fd: int
+    _leases: int = 0
+    _registered: bool = True
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _acquire(self) -> None:
+        with self._lock:
+            self._leases += 1
+
+    def release(self) -> None:
+        """End one lease (``SharedMemoryRegistry.acquire``)."""
+        with self._lock:
+            self._leases -= 1
+            close = self._leases == 0 and not self._registered
+        if close:
+            os.close(self.fd)
+
+    def _unregister(self) -> None:
+        with self._lock:
+            self._registered = False
+            close = self._leases == 0
+        if close:
+            os.close(self.fd)
+
+    # -- data ------------------------------------------------------------------------------------------
+    def check_span(self, offset: int, byte_size: int) -> None:
+        """Triton's bounds check of a request's offset and size within the region."""
+        if offset < 0 or offset >= self.byte_size:
+            raise InvalidArgument(f"Invalid offset for shared memory region: '{self.name}'")
+        if byte_size < 0 or offset + byte_size > self.byte_size:
+            raise InvalidArgument(f"Invalid offset + byte size for shared memory region: '{self.name}'")
+
+    def read(self, offset: int, byte_size: int, into: np.ndarray | None = None) -> np.ndarray:
+        """``byte_size`` bytes at ``offset`` of the region, copied (pread, never mmap) into ``into`` (a uint8
+        array of that size) or a fresh array."""
+        self.check_span(offset, byte_size)
+        buf = np.empty(byte_size, np.uint8) if into is None else into
+        try:
+            return self._read(offset, byte_size, buf)
+        except OSError as exc:
+            raise InvalidArgument(f"shared memory region '{self.name}': cannot be read ({exc.strerror})") from None
+
+    def _read(self, offset: int, byte_size: int, buf: np.ndarray) -> np.ndarray:
+        view = memoryview(buf)
+        start, got = self.offset + offset, 0
+        while got < byte_size:
+            n = os.preadv(self.fd, [view[got:]], start + got)
+            if n <= 0:
+                raise InvalidArgument(
+                    f"shared memory region '{self.name}': could read only {got} of {byte_size} bytes at offset "
+                    f"{offset}; the object behind key {shown(self.key)} was made smaller after registration")
+            got += n
+        return buf
+
+    def write(self, offset: int, data) -> None:
+        """Write ``data`` (a buffer) at ``offset`` of the region (pwrite), inside [offset, offset + byte_size) only."""
+        size = memoryview(data).nbytes
+        self.check_span(offset, size)
+        try:
+            self._write(offset, memoryview(data).cast("B"), size)
+        except OSError as exc:
+            raise InvalidArgument(f"shared memory region '{self.name}': cannot be written ({exc.strerror})") from None
+
+    def _write(self, offset: int, data: memoryview, size: int) -> None:
+        end = self.offset + offset + size
+        actual = os.fstat(self.fd).st_size
+        if actual < end:
+            raise InvalidArgument(
+                f"shared memory region '{self.name}': the object behind key {shown(self.key)} now holds {actual} "
+                f"bytes, too few for {size} bytes at offset {offset}; it was made smaller after registration")
+        done = 0
+        while done < size:
+            done += os.pwrite(self.fd, data[done:], self.offset + offset + done)
+
+
+class SharedMemoryRegistry:
+    """The regions registered with this server process, bounded in number and total bytes."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.enabled = settings.allow_shared_memory
+        self.max_regions = settings.limit_shared_memory_regions
+        self.max_bytes = int(settings.limit_shared_memory_mb * 2**20)
+        self._regions: dict[str, Region] = {}
+        self._lock = threading.Lock()
+
+    def _check_enabled(self) -> None:
+        if not self.enabled:
+            raise Unavailable(DISABLED)
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """Open the object ``key`` and record ``name``; every check before the object is kept open."""
+        self._check_enabled()
+        if not name or len(name) > MAX_REGION_NAME_LENGTH:
+            raise InvalidArgument(f"shared memory region name {shown(name)} must have 1 to "
+                                  f"{MAX_REGION_NAME_LENGTH} characters")
+        file_name = object_file_name(key)
+        if byte_size <= 0:
+            raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args (byte_size is 0)")
+        with self._lock:
+            if name in self._regions:
+                raise AlreadyExists(f"shared memory region '{name}' already in manager")
+            fd = _open_object(key, file_name)
+            try:
+                size = os.fstat(fd).st_size
+                if offset + byte_size > size:
+                    raise InvalidArgument(
+                        f"failed to register shared memory region '{name}': invalid args (offset {offset} + byte_size "
+                        f"{byte_size} is beyond the {size} bytes of the object {shown(key)})")
+                self._check_room(name, byte_size)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._regions[name] = Region(name, key, offset, byte_size, fd)
+
+    def _check_room(self, name: str, byte_size: int) -> None:
+        if len(self._regions) >= self.max_regions:
+            raise ResourceExhausted(
+                f"failed to register shared memory region '{name}': {len(self._regions)} regions are registered, "
+                f"this server's bound (--limit-shared-memory-regions); unregister some first")
+        total = sum(r.byte_size for r in self._regions.values())
+        if total + byte_size > self.max_bytes:
+            raise ResourceExhausted(
+                f"failed to register shared memory region '{name}': {byte_size} bytes more than the {total} "
+                f"registered would exceed this server's bound of {self.max_bytes} bytes (--limit-shared-memory-mb)")
+
+    def unregister(self, name: str = "") -> None:
+        """Forget ``name`` (empty: every region); an unknown name is not an error, as in Triton."""
+        self._check_enabled()
+        with self._lock:
+            if name:
+                gone = [self._regions.pop(name)] if name in self._regions else []
+            else:
+                gone, self._regions = list(self._regions.values()), {}
+        for region in gone:
+            region._unregister()
+
+    def status(self, name: str = "") -> list[Region]:
+        """The regions named (empty: all), Triton's NOT_FOUND for an unknown name."""
+        self._check_enabled()
+        with self._lock:
+            if not name:
+                return list(self._regions.values())
+            region = self._regions.get(name)
+        if region is None:
+            raise NotFound(f"Unable to find system shared memory region: '{name}'")
+        return [region]
+
+    def acquire(self, name: str) -> Region:
+        """The region ``name`` with a lease: it stays open (even if unregistered meanwhile) until ``release``."""
+        self._check_enabled()
+        with self._lock:
+            region = self._regions.get(name)
+            if region is not None:
+                region._acquire()
+        if region is None:
+            raise NotFound(f"Unable to find shared memory region: '{name}'")
+        return region
+
+    @contextmanager
+    def lease(self, name: str) -> Iterator[Region]:
+        """``acquire`` for the length of a block."""
+        region = self.acquire(name)
+        try:
+            yield region
+        finally:
+            region.release()
+
+    def close(self) -> None:
+        """Unregister everything (server shutdown)."""
+        if self.enabled:
+            self.unregister()
+
+
+def _open_object(key: str, file_name: str) -> int:
+    """The object's descriptor: O_NOFOLLOW inside /dev/shm, a regular file; Triton's message otherwise."""
+    try:
+        fd = os.open(os.path.join(SHM_DIR, file_name), _OPEN_FLAGS)
+    except OSError:
+        raise InvalidArgument(f"Unable to open shared memory region: '{key}'") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidArgument(f"Unable to open shared memory region: '{key}' (not a shared memory object)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# -- the request side: Triton's tensor parameters, inputs read from regions, outputs written into them ------
+@dataclass(frozen=True, slots=True)
+class ShmRef:
+    """Where a tensor's bytes are: ``byte_size`` bytes at ``offset`` of the region named ``region``."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def shm_ref(params: dict, tensor: str) -> ShmRef | None:
+    """The shared-memory parameters of a tensor, checked as Triton's ParseSharedMemoryParams (its messages);
+    None when the tensor names no region."""
+    has = REGION in params
+    region = params.get(REGION)
+    if has and not isinstance(region, str):
+        raise InvalidArgument(
+            f"invalid value type for '{REGION}' parameter for tensor '{tensor}', expected string_param.")
+    values = {}
+    for key in (OFFSET, BYTE_SIZE):
+        if key not in params:
+            continue
+        if not has:
+            raise InvalidArgument(f"'{key}' can not be specified without '{REGION}' parameter for tensor '{tensor}'")
+        if not _is_int(params[key]):
+            raise InvalidArgument(
+                f"invalid value type for '{key}' parameter for tensor '{tensor}', expected int64_param.")
+        values[key] = params[key]
+    if not has:
+        return None
+    if BYTE_SIZE not in values:
+        raise InvalidArgument(
+            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor '{tensor}'")
+    if len(region) > MAX_REGION_NAME_LENGTH:
+        raise NotFound(f"Unable to find shared memory region: {shown(region)}")
+    return ShmRef(region, values.get(OFFSET, 0), values[BYTE_SIZE])
+
+
+def read_input(regions: SharedMemoryRegistry | None, ref: ShmRef, slot: int) -> np.ndarray:
+    """An input's bytes, copied out of its region into this handler thread's scratch buffer ``slot`` (reused
+    from request to request: no page faults of a fresh buffer; server/scratch.py says why that is safe);
+    the region is leased only while it is read."""
+    with checked(regions).lease(ref.region) as region:
+        region.check_span(ref.offset, ref.byte_size)
+        return region.read(ref.offset, ref.byte_size, thread_buffer(ref.byte_size, slot))
+
+
+def checked(regions: SharedMemoryRegistry | None) -> SharedMemoryRegistry:
+    """The registry, if shared memory is on for this caller; UNAVAILABLE (how to enable it) otherwise."""
+    if regions is None or not regions.enabled:
+        raise Unavailable(DISABLED)
+    return regions
+
+
+class ShmOutputs:
+    """The requested outputs that go to shared memory, each with its region leased until ``release``."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, tuple[Region, int, int]] = {}
+        self._released = False
+
+    def add(self, regions: SharedMemoryRegistry, name: str, ref: ShmRef) -> None:
+        region = regions.acquire(ref.region)
+        self.targets[name] = (region, ref.offset, ref.byte_size)
+        region.check_span(ref.offset, ref.byte_size)
+
+    def check_size(self, name: str, needed: int) -> None:
+        """Triton's message when the region given for an output cannot hold it (INVALID_ARGUMENT here)."""
+        size = self.targets[name][2]
+        if needed > size:
+            raise InvalidArgument(
+                f"shared memory size specified with the request for output '{name}' ({size} bytes) should be at "
+                f"least {needed} bytes to hold the results")
+
+    def write(self, name: str, data) -> None:
+        """Write the output's raw bytes (a buffer) at the start of its span."""
+        size = memoryview(data).nbytes
+        self.check_size(name, size)
+        region, offset, _ = self.targets[name]
+        region.write(offset, data)
+
+    def release(self) -> None:
+        """End the leases (once; later calls do nothing)."""
+        if self._released:
+            return
+        self._released = True
+        for region, _, _ in self.targets.values():
+            region.release()
