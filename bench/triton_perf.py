@@ -364,7 +364,7 @@ def markdown(payload: dict[str, Any]) -> str:
     for key, value in s["ratios"].items():
         op, target = TARGETS[key]
         met = None if value is None else (value >= target if op == ">=" else value <= target)
-        ratio_rows.append(f"| {key} | {_fmt(value, 2)} | {op} {target} | "
+        ratio_rows.append(f"| {key} | {_fmt(value, 3)} | {op} {target} | "
                           f"{'-' if met is None else 'met' if met else 'NOT met'} |")
     commands = {}
     for run in payload["runs"]:
