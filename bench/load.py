@@ -22,14 +22,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from tensorwire.bench import arguments, machine
+from tensorwire.bench import arguments, machine, procstat
 from tensorwire.bench.progress import progress_bar
 from tensorwire.bench.stats import cdf_points, percentile_ms, summarize_tail
 from tensorwire.client import TLS, open_channel
@@ -62,6 +62,9 @@ class LoadSettings:
     progress: bool = True
     tls: TLS | None = None                   # --ssl-grpc-* (perf_analyzer's flag names)
     headers: dict[str, str] = field(default_factory=dict)       # -H KEY:VALUE, e.g. restricted-protocol keys
+    streaming: bool = False                  # --streaming: ModelStreamInfer, one request in flight per stream
+    server_pids: list[int] | None = None     # --server-pid; None: whoever listens on a loopback target's port
+    echo: bool = False                       # --echo: the same levels against a bare grpcio echo, alternating
 
 
 def quick_settings(s: LoadSettings) -> LoadSettings:
@@ -193,6 +196,52 @@ class WorkerJob:
     index: int
     tls: TLS | None = None
     headers: dict | None = None
+    streaming: bool = False
+
+
+class StreamError(grpc.RpcError):
+    """A stream answer that carries ``error_message``: counted like a status code, by this name."""
+
+    class _Code:
+        name = "STREAM_ERROR_MESSAGE"
+
+    def code(self):
+        return self._Code
+
+
+class StreamCaller:
+    """One ModelStreamInfer call used like a unary stub: send one request, wait for its answer.
+
+    One request in flight per stream, so a closed loop over N of these is N streams at concurrency N (what
+    perf_analyzer --streaming does). A stream that fails is reopened on the next request.
+    """
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._method = channel.stream_stream(f"{SERVICE}/ModelStreamInfer")
+        self._queue: queue.SimpleQueue | None = None
+        self._answers = None
+
+    def _open(self) -> None:
+        self._queue = queue.SimpleQueue()
+        self._answers = self._method(iter(self._queue.get, None))
+
+    def __call__(self, request: bytes, timeout: float | None = None) -> bytes:
+        if self._answers is None:
+            self._open()
+        self._queue.put(request)
+        try:
+            answer = next(self._answers)
+        except grpc.RpcError:
+            self.close()
+            raise
+        if answer[:1] == b"\x0a" and answer[1:2] != b"\x00":  # field 1, error_message, non-empty
+            raise StreamError()
+        return answer
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+        self._queue, self._answers = None, None
 
 
 def _warmup(call, request: bytes, seconds: float, timeout_s: float) -> None:
@@ -305,13 +354,17 @@ def _worker(job: WorkerJob, results, ready, go, start_at) -> None:
     try:
         n_channels = job.callers if job.mode == "closed" else 2
         channels = [_channel(job.target, job.index * 1000 + i, job.tls, job.headers) for i in range(n_channels)]
-        calls = [ch.unary_unary(f"{SERVICE}/ModelInfer") for ch in channels]
+        calls = ([StreamCaller(ch) for ch in channels] if job.streaming
+                 else [ch.unary_unary(f"{SERVICE}/ModelInfer") for ch in channels])
         for call in calls:
             _warmup(call, job.request, job.warmup_s / max(1, len(calls)), job.timeout_s)
         ready.put(job.index)
         go.wait()
         run = _closed if job.mode == "closed" else _open
         results.put((job.index, run(job, calls, start_at.value)))
+        for call in calls:
+            if isinstance(call, StreamCaller):
+                call.close()
         for ch in channels:
             ch.close()
     except BaseException as exc:  # the parent reports it; a worker must never hang the run
@@ -327,8 +380,13 @@ def split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, rate: float = 0.0) -> dict[str, Any]:
-    """One closed-loop concurrency or one open-loop rate, across worker processes; merged figures."""
+def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, rate: float = 0.0,
+              pids: list[int] | None = None) -> dict[str, Any]:
+    """One closed-loop concurrency or one open-loop rate, across worker processes; merged figures.
+
+    With ``pids`` (the server's processes), their user + system CPU time from the common start to the last
+    worker's report, per successful request, is the level's ``server_cpu``: warm-up is outside that window.
+    """
     max_procs = s.processes or usable_cpus()
     procs = max(1, min(max_procs, concurrency)) if mode == "closed" else max(1, min(max_procs, math.ceil(rate / 50)))
     callers = split(concurrency, procs) if mode == "closed" else [0] * procs
@@ -338,7 +396,7 @@ def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, 
     start_at = ctx.Value("d", 0.0)
     jobs = [WorkerJob(s.target, request, mode, callers[i], rate / procs if mode == "open" else 0.0,
                       i / rate if mode == "open" else 0.0, s.duration_s, caps[i], s.warmup_s, s.timeout_s, i,
-                      s.tls, s.headers)
+                      s.tls, s.headers, s.streaming)
             for i in range(procs)]
     workers = [ctx.Process(target=_worker, args=(j, results, ready, go, start_at), daemon=True) for j in jobs]
     for w in workers:
@@ -346,6 +404,7 @@ def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, 
     try:
         for _ in workers:
             ready.get(timeout=120 + s.warmup_s)
+        cpu_before = procstat.cpu_times(pids) if pids else None
         start_at.value = time.perf_counter() + START_MARGIN_S   # CLOCK_MONOTONIC: the same clock in every process
         go.set()
         parts = {}
@@ -353,6 +412,7 @@ def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, 
         while len(parts) < len(workers):
             idx, part = results.get(timeout=max(1.0, deadline - time.monotonic()))
             parts[idx] = part
+        cpu_after = procstat.cpu_times(pids) if pids else None
     except queue.Empty:
         raise RuntimeError(f"load workers did not report within the time limit ({mode}, c={concurrency}, "
                            f"rate={rate})") from None
@@ -365,7 +425,11 @@ def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, 
     fatal = [p["fatal"] for p in parts.values() if "fatal" in p]
     if fatal:
         raise RuntimeError(f"load worker failed: {fatal[0]}")
-    return merge(list(parts.values()), mode, concurrency, rate, procs)
+    level = merge(list(parts.values()), mode, concurrency, rate, procs)
+    level["transport"] = "ModelStreamInfer" if s.streaming else "ModelInfer"
+    level["server_cpu"] = procstat.cpu_per_request(cpu_before, cpu_after, level["ok"], pids) if pids else None
+    level["cpu_us_per_request"] = level["server_cpu"]["us_per_request"] if pids else None
+    return level
 
 
 def merge(parts: list[dict[str, Any]], mode: str, concurrency: int, rate: float, procs: int) -> dict[str, Any]:
@@ -420,8 +484,13 @@ def run_load(s: LoadSettings) -> dict[str, Any]:
         except grpc.RpcError as exc:
             raise RuntimeError(f"the first request to {s.model} at {s.target} failed: {exc.code().name}: "
                                f"{exc.details()}") from None
+    if s.streaming:
+        if s.rates:
+            raise ValueError("--streaming is closed loop only (one request in flight per stream); drop --rate")
+        response = _first_stream_answer(s, request)
     concurrency = s.concurrency or ([] if s.rates else [1, 8, 32])
     plan = [("closed", c, 0.0) for c in concurrency] + [("open", 0, r) for r in s.rates]
+    pids = s.server_pids if s.server_pids is not None else procstat.local_server_pids(s.target)
     payload: dict[str, Any] = {
         "kind": "load",
         "schema": 1,
@@ -436,19 +505,69 @@ def run_load(s: LoadSettings) -> dict[str, Any]:
         "data_source": data_source,
         "request_bytes": len(request),
         "response_bytes": len(response),
+        "transport": "ModelStreamInfer" if s.streaming else "ModelInfer",
+        "server_pids": pids,
         "levels": [],
     }
+    with contextlib.ExitStack() as stack:
+        echo = _start_echo(s, len(response), concurrency, stack) if s.echo else None
+        _run_plan(s, request, plan, pids, echo, payload)
+    if s.out:
+        report.write_load(payload, s.out)
+    return payload
+
+
+def _first_stream_answer(s: LoadSettings, request: bytes) -> bytes:
+    """One request over ModelStreamInfer before the run: the server must answer it without an error."""
+    with _channel(s.target, tls=s.tls, headers=s.headers) as ch:
+        stream = StreamCaller(ch)
+        try:
+            return stream(request)
+        except StreamError:
+            raise RuntimeError(f"the first streamed request to {s.model} at {s.target} was answered with an "
+                               "error_message") from None
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"ModelStreamInfer to {s.model} at {s.target} failed: {exc.code().name}: "
+                               f"{exc.details()}") from None
+        finally:
+            stream.close()
+
+
+def _start_echo(s: LoadSettings, response_bytes: int, concurrency: list[int], stack: contextlib.ExitStack):
+    """The bare grpcio echo (tensorwire.echo) answering with as many bytes, and its pids; a handler thread
+    per stream (a sync grpcio stream holds one for its life), at least its default 8."""
+    from tensorwire.launcher import echo_server
+
+    threads = max([8, *concurrency])
+    server = stack.enter_context(echo_server(response_bytes, "--threads", str(threads)))
+    return server.address, [server.process.pid]
+
+
+def _run_plan(s: LoadSettings, request: bytes, plan: list, pids: list[int], echo, payload: dict) -> None:
+    """Each level against the target, then (with ``echo``) the same level against the echo at once, so
+    the two see the same machine; the echo's figures and the CPU ratio go into the level."""
     bar = progress_bar(len(plan), s.progress, unit="level")
     try:
         for mode, c, r in plan:
             bar.set_description(f"closed c={c}" if mode == "closed" else f"open {r:g}/s")
-            payload["levels"].append(run_level(s, request, mode, c, r))
+            level = run_level(s, request, mode, c, r, pids)
+            if echo is not None:
+                address, echo_pids = echo
+                other = run_level(replace(s, target=address, headers={}, tls=None), request, mode, c,
+                                  r, echo_pids)
+                level["echo"] = {k: other[k] for k in ("ok", "errors", "throughput_rps", "latency", "server_cpu",
+                                                       "cpu_us_per_request")}
+                level["cpu_ratio_vs_echo"] = _ratio(level["server_cpu"], other["server_cpu"])
+            payload["levels"].append(level)
             bar.update(1)
     finally:
         bar.close()
-    if s.out:
-        report.write_load(payload, s.out)
-    return payload
+
+
+def _ratio(ours: dict | None, echo: dict | None) -> float | None:
+    if not ours or not echo or not echo["us_per_request"]:
+        return None
+    return ours["us_per_request"] / echo["us_per_request"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -484,6 +603,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="PEM private key of the client, for mutual TLS (default: none)")
     p.add_argument("--ssl-grpc-certificate-chain-file", type=Path, default=None, metavar="FILE",
                    help="PEM certificate chain of the client, for mutual TLS (default: none)")
+    p.add_argument("--streaming", action="store_true",
+                   help="send over ModelStreamInfer, one stream per caller with one request in flight (as "
+                   "perf_analyzer --streaming); closed loop only (default: unary ModelInfer)")
+    p.add_argument("--server-pid", type=int, action="append", default=None, metavar="PID",
+                   help="server process whose user + system CPU per request to report, repeatable (default: the "
+                   "processes listening on a loopback target's port, and their children)")
+    p.add_argument("--no-server-cpu", action="store_true", help="do not look for the server's processes")
+    p.add_argument("--echo", action="store_true",
+                   help="run each level against a bare grpcio echo too (same transport, same response size), "
+                   "right after the target's, and report its throughput, latency and CPU per request beside them")
     p.add_argument("-H", "--header", action="append", default=[], metavar="KEY:VALUE",
                    help="gRPC metadata sent with every request, repeatable, e.g. "
                    "triton-grpc-protocol-infer-key:SECRET (default: none)")
@@ -519,7 +648,8 @@ def run(args: argparse.Namespace) -> int:
                          max_requests=args.requests, warmup_s=args.warmup, processes=args.processes,
                          timeout_s=args.timeout, shapes=arguments.shapes(args.shape), inputs=args.inputs,
                          data=args.data, int_range=args.int_range, tls=_tls(args),
-                         headers=_headers(args.header))
+                         headers=_headers(args.header), streaming=args.streaming, echo=args.echo,
+                         server_pids=[] if args.no_server_cpu else args.server_pid)
         if args.quick:
             quick_settings(s)
         payload = run_load(s)

@@ -88,3 +88,18 @@ def listening(pid: int, port: int) -> bool:
     """Whether ``pid`` holds a listening socket on ``port``."""
     inodes = {inode for lp, _, state, inode in _connections() if lp == port and state == _LISTEN}
     return bool(inodes & socket_inodes(pid))
+
+
+def listeners(port: int) -> list[int]:
+    """Pids holding a listening socket on ``port`` (every ``--workers`` process with SO_REUSEPORT), sorted.
+
+    Only processes whose /proc/PID/fd this user may read are seen: a server of another user is not found.
+    """
+    inodes = {inode for lp, _, state, inode in _connections() if lp == port and state == _LISTEN}
+    if not inodes:
+        return []
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and inodes & socket_inodes(int(entry.name)):
+            pids.append(int(entry.name))
+    return sorted(pids)

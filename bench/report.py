@@ -303,6 +303,7 @@ def load_markdown(payload: dict[str, Any]) -> str:
                      _f(lat.get("p90_ms")), _f(lat.get("p99_ms")), _f(lat.get("p999_ms")), _f(lat.get("max_ms"))])
     table = _table(["mode", "concurrency", "target req/s", "sent", "ok", "errors", "throughput req/s", "p50 ms",
                     "p90 ms", "p99 ms", "p99.9 ms", "max ms"], rows)
+    cpu = _load_cpu_table(payload)
     inputs = ", ".join(f"{i['name']} {i['datatype']}{i['shape']}" for i in payload["inputs"])
     notes = [
         "# tensorwire bench load",
@@ -318,6 +319,8 @@ def load_markdown(payload: dict[str, Any]) -> str:
         "omission).",
         table,
     ]
+    if cpu:
+        notes.append(cpu)
     opens = [lv for lv in payload["levels"] if lv["mode"] == "open"]
     if opens:
         notes.append(_table(["open loop", "target req/s", "achieved send rate", "send lag p99 ms",
@@ -328,6 +331,25 @@ def load_markdown(payload: dict[str, Any]) -> str:
                               f"{_f(lv['service_latency'].get('p50_ms'))} / "
                               f"{_f(lv['service_latency'].get('p99_ms'))}"] for lv in opens]))
     return "\n\n".join(notes) + "\n"
+
+
+def _load_cpu_table(payload: dict[str, Any]) -> str | None:
+    """Server CPU per request per level and, with --echo, the bare echo's figures beside them."""
+    levels = [lv for lv in payload["levels"] if lv.get("server_cpu") or lv.get("echo")]
+    if not levels:
+        return None
+    rows = []
+    for lv in levels:
+        cpu, echo = lv.get("server_cpu") or {}, lv.get("echo") or {}
+        echo_cpu = echo.get("server_cpu") or {}
+        rows.append([_level_name(lv), lv.get("transport", "ModelInfer"), _f(lv["throughput_rps"], 1),
+                     _f(lv["latency"].get("p50_ms")), _f(cpu.get("us_per_request"), 0),
+                     _f(echo.get("throughput_rps"), 1), _f((echo.get("latency") or {}).get("p50_ms")),
+                     _f(echo_cpu.get("us_per_request"), 0), _f(lv.get("cpu_ratio_vs_echo"), 2)])
+    return ("Server CPU: user + system time of the server's processes (/proc/PID/stat, pids "
+            f"{payload.get('server_pids')}) from the common start to the last report, per successful request.\n\n"
+            + _table(["level", "transport", "req/s", "p50 ms", "server CPU us/req", "echo req/s", "echo p50 ms",
+                      "echo CPU us/req", "CPU ratio vs echo"], rows))
 
 
 def load_plots(payload: dict[str, Any], out: Path) -> dict[str, Path | None]:

@@ -206,8 +206,10 @@ class ServerSettings:
         "faster on one at load)")
     inter_op_threads: int = setting(0, help="ORT inter-op threads per session (0: ONNX Runtime's choice)")
     intra_op_spinning: bool = setting(
-        True, negate="--no-intra-op-spinning",
-        help="ORT's intra-op threads spin-wait between runs; off: they sleep, freeing cores for gRPC")
+        False, optional_bool=True,
+        help="ORT's intra-op pool threads spin-wait between runs instead of sleeping; off by default: a spinning "
+        "thread holds a core that gRPC needs, measured to cost CPU per request and latency alike on 2 cores "
+        "(bench/results/cpu); a model's allow_spinning parameter overrides it")
     trt_cache_dir: Path = setting(
         factory=_trt_cache_default, parse=Path, metavar="DIR", shown="TENSORWIRE_TRT_CACHE or ~/.cache/tensorwire/trt",
         help="where TensorRT keeps its engine cache")

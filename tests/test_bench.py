@@ -205,6 +205,58 @@ def test_load_refuses_a_request_the_server_rejects(served):
         load.run_load(load.LoadSettings(target=served.address, model="no_such_model", progress=False))
 
 
+def test_load_streaming_reports_server_cpu_beside_the_echo(served):
+    """--streaming over ModelStreamInfer, the server's CPU per request found from its port, and the bare echo
+    on the same transport right after each level, with the ratio."""
+    payload = load.run_load(load.quick_settings(load.LoadSettings(
+        target=served.address, model="tiny", concurrency=[2], shapes={"mask": [1, 8]}, streaming=True, echo=True,
+        progress=False)))
+    (lv,) = payload["levels"]
+    assert payload["transport"] == lv["transport"] == "ModelStreamInfer"
+    assert payload["server_pids"] == [served.process.pid]
+    assert lv["errors"] == {} and lv["ok"] == lv["sent"] > 0
+    cpu = lv["server_cpu"]
+    assert cpu["pids"] == [served.process.pid] and cpu["cpu_s"] == pytest.approx(cpu["user_s"] + cpu["system_s"])
+    assert lv["cpu_us_per_request"] == cpu["us_per_request"] == pytest.approx(cpu["cpu_s"] / lv["ok"] * 1e6, rel=0.01)
+    echo = lv["echo"]
+    assert echo["errors"] == {} and echo["ok"] > 0 and echo["server_cpu"]["pids"] not in ([], cpu["pids"])
+    if echo["server_cpu"]["us_per_request"] > 0:  # one 10 ms tick can be all a quiet echo spends in 1 s
+        assert lv["cpu_ratio_vs_echo"] == pytest.approx(cpu["us_per_request"] / echo["server_cpu"]["us_per_request"])
+    md = report.load_markdown(payload)
+    assert "| closed c=2 | ModelStreamInfer |" in md and "CPU ratio vs echo" in md
+
+
+def test_stream_caller_counts_an_error_message_and_the_stream_goes_on(served):
+    """A bad request on a stream is answered with error_message (counted, not fatal); the next one works."""
+    from tensorwire.client import encode_request
+
+    good = encode_request("tiny", {"x": np.zeros((1, 16), np.float32), "mask": np.zeros((1, 8), np.int64)})
+    bad = encode_request("tiny", {"x": np.zeros((1, 3), np.float32), "mask": np.zeros((1, 8), np.int64)})
+    with load._channel(served.address) as ch:
+        stream = load.StreamCaller(ch)
+        try:
+            with pytest.raises(load.StreamError) as err:
+                stream(bad)
+            assert err.value.code().name == "STREAM_ERROR_MESSAGE"
+            assert stream(good)[:1] == b"\x12"  # field 2: infer_response
+        finally:
+            stream.close()
+
+
+def test_server_cpu_is_found_only_for_local_targets(served):
+    from tensorwire.bench import procnet, procstat
+
+    port = int(served.address.rsplit(":", 1)[1])
+    assert procnet.listeners(port) == [served.process.pid]
+    assert procstat.local_server_pids(f"localhost:{port}") == [served.process.pid]
+    assert procstat.local_server_pids(f"example.invalid:{port}") == []
+    user, system = procstat.stat_times(served.process.pid)
+    assert user > 0 and system >= 0
+    with pytest.raises(ValueError, match="closed loop only"):
+        load.run_load(load.LoadSettings(target=served.address, model="tiny", rates=[10.0], streaming=True,
+                                        shapes={"mask": [1, 8]}, progress=False))
+
+
 # ---------------------------------------------------------------- overhead
 
 def test_overhead_in_process_vs_served_vs_echo(repository, tmp_path):

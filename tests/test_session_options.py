@@ -40,11 +40,25 @@ def test_model_parameters_override_the_server():
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
-def test_spinning_follows_the_server_flag():
-    on = session_options(ort, cfg(), settings())
-    off = session_options(ort, cfg(), settings(intra_op_spinning=False))
-    assert on.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+def test_spinning_follows_the_server_flag_and_is_off_by_default():
+    """Off by default (bench/results/cpu: a spinning pool thread costs CPU per request and latency on 2 cores);
+    --intra-op-spinning turns it on, a model's allow_spinning parameter overrides either."""
+    off = session_options(ort, cfg(), settings())
+    on = session_options(ort, cfg(), settings(intra_op_spinning=True))
     assert off.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert on.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    model_on = session_options(ort, cfg('parameters { key: "allow_spinning" value { string_value: "1" } }'),
+                               settings())
+    assert model_on.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    import argparse
+
+    from tensorwire.server.flags import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).intra_op_spinning is False
+    assert parser.parse_args(["--intra-op-spinning"]).intra_op_spinning is True
+    assert parser.parse_args(["--intra-op-spinning", "false"]).intra_op_spinning is False
 
 
 def test_graph_level():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-run the committed results on your machine (from the repository root, with tensorwire[cpu,export,bench]
 # installed). Close other heavy programs first: absolute times only mean something on a quiet machine.
-# Usage: bench/results/reproduce.sh [compare] [load] [overhead] [hotpath] [memory]   (default: all five)
+# Usage: bench/results/reproduce.sh [compare] [load] [overhead] [hotpath] [memory] [cpu] [triton-perf]
+#   (default: the first five; cpu takes ~4 min, triton-perf needs bash bench/perf_analyzer_env.sh first)
 set -euo pipefail
 OUT=${OUT:-bench/results}
 STEPS=" ${*:-compare load overhead hotpath memory} "
@@ -43,4 +44,17 @@ fi
 #    and a small-request client's p99 while the case is sent
 if [[ $STEPS == *" memory "* ]]; then
   tensorwire bench memory --p99 --out "$OUT/memory"
+fi
+
+# 11. server CPU per request beside the grpcio echo (spinning off vs on, pool of 2 fixed), unary and streaming;
+#     perf_analyzer plain gRPC vs system shared memory vs streaming
+if [[ $STEPS == *" cpu "* ]]; then
+  tensorwire bench cpu --variant pool2="--intra-op-threads 2" \
+    --variant pool2-spinning="--intra-op-threads 2 --intra-op-spinning" --rounds 3 --duration 2 --out "$OUT/cpu/spinning"
+  tensorwire bench cpu --variant default= --variant spinning=--intra-op-spinning --variant t1="--intra-op-threads 1" \
+    --rounds 3 --duration 2 --out "$OUT/cpu/after"
+fi
+if [[ $STEPS == *" triton-perf "* ]]; then
+  tensorwire bench triton-perf --perf-analyzer "${PERF_ANALYZER:-/work/venv-pa/bin/perf_analyzer}" --rounds 4 \
+    --out "$OUT/perf_analyzer"
 fi

@@ -25,14 +25,21 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def make_server(response_bytes: int, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
-    """(server, bound port) of an echo server that answers every ModelInfer with ``response_bytes`` bytes."""
+    """(server, bound port) of an echo server that answers every ModelInfer, and every request on a
+    ModelStreamInfer stream, with ``response_bytes`` bytes."""
     payload = bytes(response_bytes)
 
     def infer(request: bytes, context) -> bytes:
         return payload
 
-    handler = grpc.method_handlers_generic_handler(
-        METHOD_SERVICE, {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)})
+    def stream_infer(requests, context):
+        for _ in requests:
+            yield payload
+
+    handler = grpc.method_handlers_generic_handler(METHOD_SERVICE, {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream_infer),  # one answer per request
+    })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -128,6 +128,7 @@ def tensorwire_server(repository: Path, *extra_args: str, **kw) -> contextlib.Ab
     return launch(args, **kw)
 
 
-def echo_server(response_bytes: int, **kw) -> contextlib.AbstractContextManager[ServerProcess]:
+def echo_server(response_bytes: int, *extra_args: str, **kw) -> contextlib.AbstractContextManager[ServerProcess]:
     """The bare grpcio echo server (:mod:`tensorwire.echo`) answering with ``response_bytes`` bytes."""
-    return launch(["-m", "tensorwire.echo", "--response-bytes", str(response_bytes), "--port", "0"], **kw)
+    return launch(["-m", "tensorwire.echo", "--response-bytes", str(response_bytes), "--port", "0", *extra_args],
+                  **kw)
