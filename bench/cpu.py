@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tensorwire.bench import arguments, load, machine, procstat
-from tensorwire.bench.report import write_json
+from tensorwire.bench.report import write_payload
 
 DEFAULT_OUT = Path("bench/results/cpu")
 DEFAULT_VARIANTS = ["default="]
@@ -234,10 +234,5 @@ def run(args: argparse.Namespace) -> int:
                    command=shlex.join(["tensorwire", "bench", "cpu", *sys.argv[3:]]),
                    plan={**plan.__dict__})
     payload["summary"] = summarize(payload, plan)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(payload, args.out / "cpu.json")
-    text = markdown(payload)
-    (args.out / "cpu.md").write_text(text)
-    print(text)
-    print(f"written: {args.out}/cpu.json, cpu.md")
+    write_payload(payload, markdown(payload), args.out, "cpu")
     return 0 if all(not r["errors"] for r in payload["rows"]) else 1

@@ -102,6 +102,15 @@ def write_rows(rows: list[dict[str, Any]], table: str, out: Path, stem: str) -> 
     (out / f"{stem}.md").write_text(table + "\n")
 
 
+def write_payload(payload: dict[str, Any], text: str, out: Path, stem: str) -> None:
+    """A benchmark's ``stem.json`` (the whole payload) and ``stem.md`` (its table), printed and said where."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(payload, out / f"{stem}.json")
+    (out / f"{stem}.md").write_text(text)
+    print(text)
+    print(f"written: {out}/{stem}.json, {stem}.md")
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

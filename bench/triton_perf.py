@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tensorwire.bench import machine
-from tensorwire.bench.report import write_json
+from tensorwire.bench.report import write_payload
 
 if TYPE_CHECKING:  # onnx is imported where a model is built: `tensorwire --help` must not need it
     import onnx
@@ -435,10 +435,5 @@ def run(args: argparse.Namespace) -> int:
                    command=shlex.join(["tensorwire", "bench", "triton-perf", *sys.argv[3:]]),
                    plan={k: str(v) if isinstance(v, Path) else v for k, v in plan.__dict__.items()})
     payload["summary"] = summarize(payload, [c for c in CASES if not plan.cases or c.name in plan.cases])
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(payload, args.out / "triton_perf.json")
-    text = markdown(payload)
-    (args.out / "triton_perf.md").write_text(text)
-    print(text)
-    print(f"written: {args.out}/triton_perf.json, triton_perf.md")
+    write_payload(payload, markdown(payload), args.out, "triton_perf")
     return 0 if all("error" not in r for r in payload["runs"]) else 1
