@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from tensorwire.bench.procstat import status_field
 from tensorwire.launcher import ServerProcess, echo_server, tensorwire_server
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -131,13 +132,6 @@ def write_repository(repo: Path) -> Path:
 
 # -- measuring -----------------------------------------------------------------------------------------
 
-def _status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
 @dataclass
 class Sent:
     status: str
@@ -153,14 +147,14 @@ def send_measured(server: ServerProcess, request: bytes, timeout_s: float = 300.
                                                         ("grpc.max_receive_message_length", -1)]) as channel:
         call = channel.unary_unary(INFER)
         time.sleep(0.2)
-        base = _status_kib(pid, "VmRSS")
+        base = status_field(pid, "VmRSS")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         try:
             answer = call(request, timeout=timeout_s)
             status, message, size = "OK", "", len(answer)
         except grpc.RpcError as exc:
             status, message, size = exc.code().name, exc.details() or "", 0
-        peak = _status_kib(pid, "VmHWM")
+        peak = status_field(pid, "VmHWM")
     return Sent(status, message, size, round((peak - base) / 1024, 1))
 
 

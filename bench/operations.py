@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from tensorwire.bench.load import LoadSettings, encode, run_level
+from tensorwire.bench.procstat import cpu_seconds
 from tensorwire.launcher import tensorwire_server
 
 
@@ -58,12 +59,6 @@ def _repository(root: Path) -> Path:
     return root
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` and its threads (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _scraper(url: str, stop: threading.Event, period_s: float) -> None:
     while not stop.wait(period_s):
         with urllib.request.urlopen(url, timeout=10) as resp:
@@ -88,9 +83,9 @@ def run_metrics_cost(rounds: int, seconds: float, concurrency: int) -> dict[str,
                         scraper.start()
                     s = LoadSettings(target=server.address, model="add_sub", duration_s=seconds, warmup_s=0.5,
                                      processes=1, progress=False)
-                    cpu0 = _cpu_s(server.process.pid)
+                    cpu0 = cpu_seconds(server.process.pid)
                     level = run_level(s, request, "closed", concurrency=concurrency)
-                    cpu = _cpu_s(server.process.pid) - cpu0  # warm-up requests included in both arms alike
+                    cpu = cpu_seconds(server.process.pid) - cpu0  # warm-up requests included in both arms alike
                     stop.set()
                     arms[arm].append({"p50_ms": level["latency"]["p50_ms"], "rps": level["throughput_rps"],
                                       "errors": level["errors"], "server_cpu_us_per_request": 1e6 * cpu / level["ok"]})

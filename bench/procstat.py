@@ -1,4 +1,4 @@
-"""A server's CPU time from /proc (Linux): user + system seconds of its processes, for CPU per request.
+"""A process's figures from /proc (Linux): CPU seconds (for CPU per request), /proc/PID/status fields.
 
 Read from /proc/PID/stat (utime, stime: every thread, those that ended too), in clock ticks of 10 ms
 here, so a figure needs a window of many requests: at ~1 ms of CPU per request, 1,000 requests give 1 %.
@@ -24,6 +24,19 @@ def stat_times(pid: int) -> tuple[float, float]:
         return 0.0, 0.0
     fields = text.rsplit(")", 1)[1].split()   # the command name may hold spaces and parentheses
     return int(fields[11]) * _TICK_S, int(fields[12]) * _TICK_S  # fields 14 and 15 of proc(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system seconds of ``pid`` (0 when it is gone)."""
+    return sum(stat_times(pid))
+
+
+def status_field(pid: int, key: str) -> int:
+    """The number in /proc/PID/status line ``key`` (VmRSS and VmHWM in KiB, Threads a count)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"/proc/{pid}/status has no {key}")
 
 
 def cpu_times(pids: list[int]) -> dict[int, tuple[float, float]]:

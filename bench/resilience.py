@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import re
 import signal
 import tempfile
 import threading
@@ -26,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tensorwire.bench.fastpath_e2e import mlp_model
 from tensorwire.bench.procnet import client_ports, descendants, listening, worker_of
+from tensorwire.bench.procstat import status_field
 from tensorwire.bench.report import write_rows
 from tensorwire.bench.stall import stalled
 from tensorwire.bench.stats import percentile_ms
@@ -51,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _proc_status(pid: int) -> dict[str, int]:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return {"threads": int(re.search(r"^Threads:\s+(\d+)", text, re.M).group(1)),
-            "rss_mib": int(re.search(r"^VmRSS:\s+(\d+)", text, re.M).group(1)) // 1024}
+    return {"threads": status_field(pid, "Threads"), "rss_mib": status_field(pid, "VmRSS") // 1024}
 
 
 def _probe(address: str, request: bytes, duration: float) -> dict:

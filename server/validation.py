@@ -314,6 +314,7 @@ def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFA
     batch: int | None = None
     misaligned = 0
     budget = [limits.max_response_bytes]  # what shared-memory inputs may make this request hold
+    raw_index = 0  # raw_input_contents skips the inputs in shared memory
     for i, inp in enumerate(request.inputs):
         t = _declared_input(spec, inp, feeds)
         if spec.max_batch_size > 0:
@@ -325,7 +326,8 @@ def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFA
         if i in shm_in:
             arr = _shm_input_array(request, i, shm_in[i], t.datatype, limits, budget, regions)
         else:
-            arr = _input_array(request, i, i - sum(1 for j in shm_in if j < i), t.datatype, limits)
+            arr = _input_array(request, i, raw_index, t.datatype, limits)
+            raw_index += 1
         if t.datatype.name == "BYTES":
             arr = _bytes_as_text(arr, inp.name)
         elif not arr.flags.aligned:
