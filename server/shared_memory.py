@@ -169,32 +169,36 @@ class SharedMemoryRegistry:
                                   f"{MAX_REGION_NAME_LENGTH} characters")
         file_name = object_file_name(key)
         if byte_size <= 0:
-            raise InvalidArgument(f"failed to register shared memory region '{name}': invalid args (byte_size is 0)")
+            raise InvalidArgument(
+                f"failed to register shared memory region {shown(name)}: invalid args (byte_size is 0)")
         with self._lock:
             if name in self._regions:
-                raise AlreadyExists(f"shared memory region '{name}' already in manager")
+                raise AlreadyExists(f"shared memory region {shown(name)} already in manager")
+            self._check_count(name)  # a client at the bound on regions costs no open()
             fd = _open_object(key, file_name)
             try:
                 size = os.fstat(fd).st_size
                 if offset + byte_size > size:
                     raise InvalidArgument(
-                        f"failed to register shared memory region '{name}': invalid args (offset {offset} + byte_size "
-                        f"{byte_size} is beyond the {size} bytes of the object {shown(key)})")
-                self._check_room(name, byte_size)
+                        f"failed to register shared memory region {shown(name)}: invalid args (offset {offset} + "
+                        f"byte_size {byte_size} is beyond the {size} bytes of the object {shown(key)})")
+                self._check_bytes(name, byte_size)
             except BaseException:
                 os.close(fd)
                 raise
             self._regions[name] = Region(name, key, offset, byte_size, fd)
 
-    def _check_room(self, name: str, byte_size: int) -> None:
+    def _check_count(self, name: str) -> None:
         if len(self._regions) >= self.max_regions:
             raise ResourceExhausted(
-                f"failed to register shared memory region '{name}': {len(self._regions)} regions are registered, "
-                f"this server's bound (--limit-shared-memory-regions); unregister some first")
+                f"failed to register shared memory region {shown(name)}: {len(self._regions)} regions are "
+                "registered, this server's bound (--limit-shared-memory-regions); unregister some first")
+
+    def _check_bytes(self, name: str, byte_size: int) -> None:
         total = sum(r.byte_size for r in self._regions.values())
         if total + byte_size > self.max_bytes:
             raise ResourceExhausted(
-                f"failed to register shared memory region '{name}': {byte_size} bytes more than the {total} "
+                f"failed to register shared memory region {shown(name)}: {byte_size} bytes more than the {total} "
                 f"registered would exceed this server's bound of {self.max_bytes} bytes (--limit-shared-memory-mb)")
 
     def unregister(self, name: str = "") -> None:
@@ -216,7 +220,7 @@ class SharedMemoryRegistry:
                 return list(self._regions.values())
             region = self._regions.get(name)
         if region is None:
-            raise NotFound(f"Unable to find system shared memory region: '{name}'")
+            raise NotFound(f"Unable to find system shared memory region: {shown(name)}")
         return [region]
 
     def acquire(self, name: str) -> Region:
@@ -227,7 +231,7 @@ class SharedMemoryRegistry:
             if region is not None:
                 region._acquire()
         if region is None:
-            raise NotFound(f"Unable to find shared memory region: '{name}'")
+            raise NotFound(f"Unable to find shared memory region: {shown(name)}")
         return region
 
     @contextmanager

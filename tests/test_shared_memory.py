@@ -270,6 +270,9 @@ def test_hostile_registrations(client, tmp_path):
         client.register_system_shared_memory(f"r{i}", key, 8)
     assert "--limit-shared-memory-regions" in _refused(
         lambda: client.register_system_shared_memory("r6", key, 8), "RESOURCE_EXHAUSTED")
+    # at the bound nothing is opened: a missing object is refused for the bound, not for the missing file
+    assert "--limit-shared-memory-regions" in _refused(
+        lambda: client.register_system_shared_memory("r6", f"/{PREFIX}missing", 8), "RESOURCE_EXHAUSTED")
     client.unregister_system_shared_memory()
     _, big = _region(client, "big", 1 << 20, register=False)
     client.register_system_shared_memory("big", big, (1 << 20) - 8)
