@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tensorwire.bench import arguments, load, machine, procstat
+from tensorwire.bench import arguments, load, machine, procstat, timing
 from tensorwire.bench.report import write_payload
 
 DEFAULT_OUT = Path("bench/results/cpu")
@@ -79,23 +79,15 @@ def _repository(workdir: Path) -> Path:
 
 def ort_cpu(repo: Path, threads: list[int], runs: int) -> dict[str, dict[str, float]]:
     """In-process ORT per run at each intra-op thread count: wall p50 and process CPU (spinning included)."""
-    import onnxruntime as ort
 
     x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
     out = {}
     for n in sorted(set(threads)):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = n
-        session = ort.InferenceSession(str(repo / "mlp" / "1" / "model.onnx"), options,
-                                       providers=["CPUExecutionProvider"])
+        session = timing.cpu_session(repo / "mlp" / "1" / "model.onnx", n)
         for _ in range(20):
             session.run(None, {"input": x})
-        walls = []
         cpu0 = time.process_time()
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            session.run(None, {"input": x})
-            walls.append(time.perf_counter() - t0)
+        walls = timing.measure(lambda s=session: s.run(None, {"input": x}), timing.fixed_count(runs, warmup=0))
         cpu = time.process_time() - cpu0
         out[str(n)] = {"wall_p50_us": float(np.median(walls) * 1e6), "cpu_us_per_run": cpu / runs * 1e6}
         del session

@@ -22,7 +22,7 @@ import numpy as np
 
 from tensorwire.bench.report import write_rows
 from tensorwire.bench.stats import summarize
-from tensorwire.bench.timing import fixed_count, measure
+from tensorwire.bench.timing import cpu_session, fixed_count, measure
 from tensorwire.client import InferenceClient, encode_request
 from tensorwire.launcher import echo_server, tensorwire_server
 
@@ -86,7 +86,6 @@ def measure_servers(requests: int, rounds: int, out: Path | None, server_args: l
 
 def _run_in(workdir: Path, requests: int, rounds: int, out: Path | None, server_args: list[str] = ()) -> list[dict]:
     import onnx
-    import onnxruntime as ort
 
     repo = workdir / "models"
     for name, (build, _, _) in MODELS.items():
@@ -104,10 +103,7 @@ def _run_in(workdir: Path, requests: int, rounds: int, out: Path | None, server_
                            for k, c in (("ext", ce), ("twin", ct))}
                 sessions = {}
                 for n in sorted(set(threads.values())):
-                    options = ort.SessionOptions()
-                    options.intra_op_num_threads = n
-                    sessions[n] = ort.InferenceSession(str(repo / name / "1" / "model.onnx"), options,
-                                                       providers=["CPUExecutionProvider"])
+                    sessions[n] = cpu_session(repo / name / "1" / "model.onnx", n)
                 response_size = len(ce.infer_bytes(request))
                 with echo_server(response_size, workdir=workdir) as echo, InferenceClient(echo.address) as cf:
                     calls = _calls(ce, ct, cf, sessions, request, input_name, x)

@@ -23,7 +23,7 @@ from tensorwire.bench import arguments, machine
 from tensorwire.bench.load import fetch_inputs, make_inputs
 from tensorwire.bench.progress import progress_bar
 from tensorwire.bench.stats import summarize
-from tensorwire.bench.timing import LoopSettings, measure
+from tensorwire.bench.timing import LoopSettings, cpu_session, measure
 from tensorwire.launcher import echo_server, tensorwire_server
 from tensorwire.server.affinity import usable_cpus
 
@@ -123,7 +123,7 @@ def _measure(s: OverheadSettings, repo: Path, path: Path, threads: int) -> dict[
             inputs = {n: a for n, (_, a) in arrays.items()}
             request = encode_request(s.model, inputs)
             response = client.infer_bytes(request)
-            session = _session(path, threads)
+            session = cpu_session(path, threads, 1)
             parity_ok = _parity(decode_response(response).outputs, session, inputs)
             with echo_server(len(response)) as echo, InferenceClient(echo.address, timeout=60) as echo_client:
                 fns = {"in_process": lambda: session.run(None, inputs),
@@ -145,16 +145,6 @@ def _wait_ready(client, server, model: str, timeout_s: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"model {model} not ready:\n{server.log()}")
         time.sleep(0.1)
-
-
-def _session(path: Path, threads: int):
-    """An ORT session with the server's thread settings, for the in-process figure and parity."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _parity(served_out: dict, session, inputs: dict) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -52,3 +53,15 @@ def measure(fn: Callable[[], object], s: LoopSettings) -> list[float]:
         if len(lat) >= s.min_iters and elapsed >= s.min_time_s:
             break
     return lat
+
+
+def cpu_session(model: Path | bytes, intra_op_threads: int = 0, inter_op_threads: int = 0):
+    """An ONNX Runtime CPU session with the given thread counts (0: ORT's choice), for in-process figures
+    next to a served model (pass the intra-op count the server reports, so both run alike)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tensorwire.bench import machine
+from tensorwire.bench import machine, timing
 from tensorwire.bench.report import write_payload
 
 if TYPE_CHECKING:  # onnx is imported where a model is built: `tensorwire --help` must not need it
@@ -253,26 +253,16 @@ def check_outputs(address: str, shm_reason: str | None) -> dict[str, Any]:
 
 def ort_times(repo: Path, address: str, runs: int) -> dict[str, Any]:
     """The conv's in-process ONNX Runtime p50 at batch 1 and 8, with the intra-op threads the server chose."""
-    import onnxruntime as ort
 
     from tensorwire.client import InferenceClient
 
     with InferenceClient(address) as c:
         threads = int(c.model_config("conv").parameters["intra_op_thread_count"].string_value or 0)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(repo / "conv" / "1" / "model.onnx"), options,
-                                   providers=["CPUExecutionProvider"])
+    session = timing.cpu_session(repo / "conv" / "1" / "model.onnx", threads)
     out: dict[str, Any] = {"intra_op_threads": threads, "runs": runs}
     for b in (1, 8):
         x = np.random.default_rng(b).standard_normal((b, 3, 224, 224)).astype(np.float32)
-        for _ in range(5):
-            session.run(None, {"input": x})
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            session.run(None, {"input": x})
-            times.append(time.perf_counter() - t0)
+        times = timing.measure(lambda x=x: session.run(None, {"input": x}), timing.fixed_count(runs, warmup=5))
         out[f"conv_b{b}_p50_us"] = float(np.median(times) * 1e6)
     return out
 
