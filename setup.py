@@ -44,13 +44,13 @@ class BuildPyWithProtos(build_py):
 def extensions() -> list[Extension]:
     from Cython.Build import cythonize
 
-    ext = Extension(
-        "tensorwire.fastpath._wire",
-        sources=["fastpath/_wire.pyx"],
-        extra_compile_args=["-O3"] if os.name != "nt" else [],
-    )
+    flags = ["-O3"] if os.name != "nt" else []
+    exts = [Extension("tensorwire.fastpath._wire", sources=["fastpath/_wire.pyx"], extra_compile_args=flags)]
+    if os.name == "posix":  # guarded copies out of shared memory (sigsetjmp, mmap); preadv/pwrite elsewhere
+        exts.append(Extension("tensorwire.fastpath._mapped", sources=["fastpath/_mapped.pyx"],
+                              extra_compile_args=flags))
     return cythonize(
-        [ext],
+        exts,
         language_level=3,
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
     )

@@ -1,11 +1,11 @@
-"""Whether outputs bound to shared memory would beat the server's design: ONNX Runtime's run plus one
-pwrite into the region, against IO binding of the output to an mmap'd buffer of the same object.
+"""What the shared-memory copies cost: outputs (run + one copy into the region, against IO binding of the
+output to an mmap'd buffer) and inputs (preadv, a plain memcpy from a mapping, the server's guarded copy).
 
-The server never maps a client's shared-memory object (a client can shrink it and a touch past the new
-end is SIGBUS), so it writes each output with one ``os.pwrite`` (docs/shared-memory.md). IO binding
-could let ONNX Runtime write straight into a mapping instead; this measures what that would save, in
-process, for the 3x224x224 conv model's [B,16] output and for a 600 KB output. ``tensorwire bench
-shared-memory``
+The server never hands mapped client memory to ONNX Runtime (a client can shrink its object, and a touch
+past the new end is SIGBUS), so it copies each tensor once, through its SIGBUS-guarded mapping
+(fastpath/_mapped.pyx; docs/shared-memory.md). IO binding would let ONNX Runtime write straight into a
+mapping; this measures what that would save, in process, for the 3x224x224 conv model's [B,16] output and
+for a 600 KB output, and what each way of copying an input costs. ``tensorwire bench shared-memory``
 """
 
 from __future__ import annotations
@@ -131,15 +131,32 @@ def _read_case(size: int, n: int) -> dict:
         def copy_out():  # the view is released when the call ends, so the mapping can close afterwards
             np.copyto(reused, np.frombuffer(mapping, np.uint8))
 
-        row = _medians_us({"pread_fresh_us": fresh, "pread_reused_us": lambda: os.preadv(fd, [reused], 0),
-                           "mmap_memcpy_us": copy_out, "pwrite_us": lambda: os.pwrite(fd, reused, 0)}, n)
+        guarded = _guarded(fd, size)
+        fns = {"pread_fresh_us": fresh, "pread_reused_us": lambda: os.preadv(fd, [reused], 0),
+               "mmap_memcpy_us": copy_out, "pwrite_us": lambda: os.pwrite(fd, reused, 0)}
+        if guarded is not None:  # what the server does: fstat, then the guarded copy (server/shared_memory.py)
+            fns["guarded_read_us"] = lambda: (os.fstat(fd), guarded.read_into(0, reused))
+            fns["guarded_write_us"] = lambda: (os.fstat(fd), guarded.write_from(0, reused))
+        row = _medians_us(fns, n)
         mapping.close()
+        if guarded is not None:
+            guarded.close()
     return row
 
 
+def _guarded(fd: int, size: int):
+    """The server's guarded mapping of the object (fastpath/_mapped.pyx), or None where it is not built."""
+    try:
+        from tensorwire.fastpath._mapped import Mapping
+    except ImportError:
+        return None
+    return Mapping(fd, 0, size)
+
+
 def read_costs(n: int = 400) -> list[dict]:
-    """An input's copy out of a region: preadv into a fresh buffer (what the server does), into a reused one,
-    and a memcpy out of a mapping (what a server that maps client memory would pay), for 600 KB and 4.8 MB."""
+    """A tensor's copy out of (and into) a region: preadv into a fresh buffer, into a reused one, a plain memcpy
+    out of a mapping, pwrite, and the server's guarded copies (fstat + memcpy under the SIGBUS guard), for
+    600 KB and 4.8 MB."""
     return [{"case": label, **_read_case(size, n)}
             for label, size in (("600 KB (3x224x224 FP32)", 3 * 224 * 224 * 4),
                                 ("4.8 MB (batch 8)", 8 * 3 * 224 * 224 * 4))]
@@ -160,10 +177,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"| {r['case']} | {r['output_bytes']} B | {r['run_us']:.1f} | {r['pwrite_us']:.1f} | "
               f"{r['run_pwrite_us']:.1f} | {r['binding_once_us']:.1f} | {r['binding_rebound_us']:.1f} |")
     print()
-    print("| input copy | preadv, fresh buffer (us) | preadv, reused buffer (us) | memcpy from a mapping (us) | "
-          "pwrite (us) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| copy | preadv, fresh buffer (us) | preadv, reused buffer (us) | memcpy from a mapping (us) | "
+          "pwrite (us) | guarded read (us) | guarded write (us) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in read_costs(args.iterations):
         print(f"| {r['case']} | {r['pread_fresh_us']:.1f} | {r['pread_reused_us']:.1f} | {r['mmap_memcpy_us']:.1f} | "
-              f"{r['pwrite_us']:.1f} |")
+              f"{r['pwrite_us']:.1f} | {r.get('guarded_read_us', float('nan')):.1f} | "
+              f"{r.get('guarded_write_us', float('nan')):.1f} |")
     return 0

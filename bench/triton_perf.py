@@ -333,7 +333,31 @@ def summarize(payload: dict[str, Any], cases: list[Case]) -> dict[str, Any]:
     if small.get("p50_us") and payload["ort"].get("conv_b1_p50_us"):
         floor = small["p50_us"] + payload["ort"]["conv_b1_p50_us"]
     ratios["conv_b1_shm_p50_vs_floor"] = shm["p50_us"] / floor if floor and shm.get("p50_us") else None
-    return {"cases": per_case, "ratios": ratios, "floor_us": floor}
+    return {"cases": per_case, "ratios": ratios, "floor_us": floor, "ceilings": ceilings(by_round, payload["ort"])}
+
+
+def ceilings(by_round: dict[tuple[str, int], dict[str, float]], ort: dict[str, Any]) -> dict[str, float | None]:
+    """The most a free transport could give each shared-memory throughput ratio, per round (median).
+
+    At concurrency 1 a request takes its plain-gRPC time (batch / infer/s); a transport that cost nothing
+    beyond a 2 KB request's round trip (1 / small2k's infer/s) would still pay the model's run: the server's
+    own "Server Compute Infer" in that round's shared-memory run (``server``), or the in-process ORT p50
+    (``in_process``). Plain time over that sum bounds the ratio whatever the shared-memory path does."""
+    out: dict[str, float | None] = {}
+    for b in (1, 8):
+        plain, shm = f"conv_b{b}_grpc", f"conv_b{b}_shm"
+        for source in ("server", "in_process"):
+            values = []
+            for (name, r), small in by_round.items():
+                if name != "small2k_c1_grpc" or (plain, r) not in by_round or (shm, r) not in by_round:
+                    continue
+                model_us = (by_round[(shm, r)].get("Server Compute Infer") if source == "server"
+                            else ort.get(f"conv_b{b}_p50_us"))
+                if model_us:
+                    values.append((b / by_round[(plain, r)]["Inferences/Second"])
+                                  / (1 / small["Inferences/Second"] + model_us * 1e-6))
+            out[f"conv_b{b}_{source}"] = _median(values)
+    return out
 
 
 TARGETS = {"conv_b1_shm_vs_grpc_throughput": (">=", 1.5), "conv_b8_shm_vs_grpc_throughput": (">=", 2.5),
@@ -375,6 +399,10 @@ def markdown(payload: dict[str, Any]) -> str:
         f" us at b1, {_fmt(ort.get('conv_b8_p50_us'))} us at b8, {ort.get('intra_op_threads')} intra-op threads as "
         f"the server) = {_fmt(s['floor_us'])} us.", "",
         "| ratio | value | target | |", "| --- | --- | --- | --- |", *ratio_rows, "",
+        "The most a free transport could give (plain gRPC time over a 2 KB round trip + the model's run; "
+        "median over rounds; `ceilings` in bench/triton_perf.py): "
+        + ", ".join(f"{k} {_fmt(v, 2)}x" for k, v in s.get("ceilings", {}).items()) + ". A target above its "
+        "ceiling cannot be met on this machine by any shared-memory path.", "",
         f"Shared-memory cases: {'skipped: ' + payload['shm_skipped'] if payload['shm_skipped'] else 'run'}.", "",
         "Outputs (tritonclient, one fixed input each way, compared bit for bit; perf_analyzer compares none): "
         + ", ".join(f"{k}: {v}" for k, v in payload["equality"].items()), "",

@@ -142,9 +142,10 @@ class ServerSettings:
         help="serve Triton's system shared-memory extension: clients on this host register POSIX shared-memory "
         "objects (/dev/shm) and pass tensors through them instead of the socket; needs --workers 1")
     limit_shared_memory_regions: int = setting(
-        64, help="most system shared-memory regions registered at once (each holds one file descriptor)")
+        64, help="most system shared-memory regions registered at once (each holds one file descriptor and one "
+        "mapping)")
     limit_shared_memory_mb: float = setting(
-        1024.0, help="most MiB registered as system shared-memory regions, all regions together")
+        1024.0, help="most MiB registered (and mapped) as system shared-memory regions, all regions together")
     # -- requests and threads ------------------------------------------------------------------------------
     max_message_mb: float = setting(
         64.0, help="largest request and response in MiB (the default fits a batch of 64 3x224x224 FP32 images)")

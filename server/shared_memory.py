@@ -1,11 +1,13 @@
 """System shared memory (Triton's extension): the registry of regions a local client registered.
 
 A region names part of a POSIX shared-memory object (``/dev/shm/<key>``) that the *client* created and
-can shrink at any time. Mapping such an object is unsafe: touching a mapped page past a size the client
-has since cut (ftruncate) kills the process with SIGBUS. So nothing here maps client memory. A region
-holds an open file descriptor; inputs are read with ``os.preadv`` into a buffer of the server's and outputs written
-with ``os.pwrite``: one copy each way, and a shrunk object gives a short read or a failed size check,
-which become a clear error for that request while the server goes on serving (docs/shared-memory.md).
+can shrink at any time. Touching a mapped page past a size the client has since cut (ftruncate) raises
+SIGBUS, which kills a process by default. So no mapped client memory is ever handed to ONNX Runtime or
+numpy: one copy each way, input bytes into a buffer of the server's, output bytes into the region. The
+copies go through the region's guarded mapping (fastpath/_mapped.pyx: a SIGBUS inside a guarded copy
+fails that copy, not the process), or, where that extension is not built, through ``os.preadv`` and
+``os.pwrite``. The object's size is checked before each copy; a shrunk object is a clear error for that
+request while the server goes on serving (docs/shared-memory.md).
 
 Every name a client sends is checked before any file-system call: a key is a plain POSIX shm name (an
 optional leading '/', then letters, digits, '_', '.', '-'), opened with O_NOFOLLOW inside /dev/shm, and
@@ -49,6 +51,11 @@ BYTE_SIZE = "shared_memory_byte_size"
 SHM_PARAMETERS = (REGION, OFFSET, BYTE_SIZE)
 _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
+try:  # the guarded mapped copies; preadv/pwrite where the extension is not built
+    from tensorwire.fastpath._mapped import Mapping, Shrunk
+except ImportError:  # pragma: no cover - exercised by a build without the extension
+    Mapping = Shrunk = None
+
 
 def object_file_name(key: str) -> str:
     """The file name of POSIX shm object ``key`` in /dev/shm; INVALID_ARGUMENT for anything but a plain name."""
@@ -73,6 +80,8 @@ class Region:
     offset: int
     byte_size: int
     fd: int
+    # The guarded mapping the copies go through (None: preadv/pwrite on ``fd``).
+    mapping: object = None
     _leases: int = 0
     _registered: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -87,14 +96,19 @@ class Region:
             self._leases -= 1
             close = self._leases == 0 and not self._registered
         if close:
-            os.close(self.fd)
+            self._close()
 
     def _unregister(self) -> None:
         with self._lock:
             self._registered = False
             close = self._leases == 0
         if close:
-            os.close(self.fd)
+            self._close()
+
+    def _close(self) -> None:
+        if self.mapping is not None:
+            self.mapping.close()
+        os.close(self.fd)
 
     # -- data ------------------------------------------------------------------------------------------
     def check_span(self, offset: int, byte_size: int) -> None:
@@ -105,7 +119,7 @@ class Region:
             raise InvalidArgument(f"Invalid offset + byte size for shared memory region: '{self.name}'")
 
     def read(self, offset: int, byte_size: int, into: np.ndarray | None = None) -> np.ndarray:
-        """``byte_size`` bytes at ``offset`` of the region, copied (pread, never mmap) into ``into`` (a uint8
+        """``byte_size`` bytes at ``offset`` of the region, copied (guarded copy, or preadv) into ``into`` (a uint8
         array of that size) or a fresh array."""
         self.check_span(offset, byte_size)
         buf = np.empty(byte_size, np.uint8) if into is None else into
@@ -115,6 +129,13 @@ class Region:
             raise InvalidArgument(f"shared memory region '{self.name}': cannot be read ({exc.strerror})") from None
 
     def _read(self, offset: int, byte_size: int, buf: np.ndarray) -> np.ndarray:
+        self._check_object(offset, byte_size)
+        if self.mapping is not None:
+            try:
+                self.mapping.read_into(offset, buf)
+            except Shrunk:
+                raise self._shrunk(offset, byte_size) from None
+            return buf
         view = memoryview(buf)
         start, got = self.offset + offset, 0
         while got < byte_size:
@@ -126,8 +147,22 @@ class Region:
             got += n
         return buf
 
+    def _check_object(self, offset: int, size: int) -> None:
+        """The object still holds [offset, offset + size) of the region: a clear error before any copy (a
+        shrink during the copy is caught by the copy itself)."""
+        actual = os.fstat(self.fd).st_size
+        if actual < self.offset + offset + size:
+            raise self._shrunk(offset, size, actual)
+
+    def _shrunk(self, offset: int, size: int, actual: int | None = None) -> InvalidArgument:
+        holds = "" if actual is None else f"now holds {actual} bytes, "
+        return InvalidArgument(
+            f"shared memory region '{self.name}': the object behind key {shown(self.key)} {holds}too few for "
+            f"{size} bytes at offset {offset}; it was made smaller after registration")
+
     def write(self, offset: int, data) -> None:
-        """Write ``data`` (a buffer) at ``offset`` of the region (pwrite), inside [offset, offset + byte_size) only."""
+        """Write ``data`` (a buffer) at ``offset`` of the region (guarded copy, or pwrite), inside
+        [offset, offset + byte_size) only."""
         size = memoryview(data).nbytes
         self.check_span(offset, size)
         try:
@@ -136,12 +171,13 @@ class Region:
             raise InvalidArgument(f"shared memory region '{self.name}': cannot be written ({exc.strerror})") from None
 
     def _write(self, offset: int, data: memoryview, size: int) -> None:
-        end = self.offset + offset + size
-        actual = os.fstat(self.fd).st_size
-        if actual < end:
-            raise InvalidArgument(
-                f"shared memory region '{self.name}': the object behind key {shown(self.key)} now holds {actual} "
-                f"bytes, too few for {size} bytes at offset {offset}; it was made smaller after registration")
+        self._check_object(offset, size)  # pwrite past the end would grow the client's object
+        if self.mapping is not None:
+            try:
+                self.mapping.write_from(offset, data)
+            except Shrunk:
+                raise self._shrunk(offset, size) from None
+            return
         done = 0
         while done < size:
             done += os.pwrite(self.fd, data[done:], self.offset + offset + done)
@@ -186,7 +222,7 @@ class SharedMemoryRegistry:
             except BaseException:
                 os.close(fd)
                 raise
-            self._regions[name] = Region(name, key, offset, byte_size, fd)
+            self._regions[name] = Region(name, key, offset, byte_size, fd, _guarded_mapping(fd, offset, byte_size))
 
     def _check_count(self, name: str) -> None:
         if len(self._regions) >= self.max_regions:
@@ -247,6 +283,16 @@ class SharedMemoryRegistry:
         """Unregister everything (server shutdown)."""
         if self.enabled:
             self.unregister()
+
+
+def _guarded_mapping(fd: int, offset: int, byte_size: int):
+    """The region mapped for guarded copies; None (preadv/pwrite) without the extension or if mmap fails."""
+    if Mapping is None:
+        return None
+    try:
+        return Mapping(fd, offset, byte_size)
+    except OSError:
+        return None
 
 
 def _open_object(key: str, file_name: str) -> int:

@@ -50,6 +50,12 @@ def test_triton_perf_summary_pairs_rounds_and_the_floor():
     assert s["ratios"]["conv_b8_shm_vs_grpc_throughput"] is None
     assert s["floor_us"] == 1000 and s["ratios"]["conv_b1_shm_p50_vs_floor"] == pytest.approx(1.1)
     assert s["cases"]["conv_b8_grpc"]["rounds"] == 0
+    # Plain b1 takes 10 ms (round 0) and 5 ms (round 1); a 2 KB round trip 1 ms; the model 400 us in process.
+    assert s["ceilings"]["conv_b1_in_process"] == pytest.approx(((10 / 1.4) + (5 / 1.4)) / 2)
+    assert s["ceilings"]["conv_b1_server"] is None  # these CSVs have no Server Compute Infer column
+    runs[1]["figures"]["Server Compute Infer"] = 4000.0  # round 0's shared-memory run: the model took 4 ms
+    s = triton_perf.summarize(payload, triton_perf.CASES)
+    assert s["ceilings"]["conv_b1_server"] == pytest.approx(10 / 5) and s["ceilings"]["conv_b8_server"] is None
 
 
 def test_bench_cpu_variants_and_paired_ratios():
@@ -63,6 +69,10 @@ def test_bench_cpu_variants_and_paired_ratios():
             for t, v in (("default/unary", a), ("echo/unary", e))]
     assert cpu._paired(rows, "default/unary", "echo/unary", 8, "cpu_us_per_request") == pytest.approx(2.5)
     assert cpu._paired(rows, "default/unary", "echo/stream", 8, "cpu_us_per_request") is None
+    # ORT's own 200 us per run on top of the echo's 400, 1000 and 500: 1.5, 1.2, 1.4 -> median 1.4.
+    payload = {"rows": rows, "intra_op_threads": {"default": 1}, "ort": {"1": {"cpu_us_per_run": 200.0}}}
+    assert cpu._echo_plus_ort(payload, "default", "unary", 8) == pytest.approx(1.4)
+    assert cpu._echo_plus_ort(payload, "default", "stream", 8) is None
 
 
 def test_triton_perf_without_perf_analyzer_says_how_to_get_it(tmp_path, capsys):

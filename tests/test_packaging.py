@@ -70,11 +70,12 @@ def test_sdist_and_wheel_carry_the_sources_and_the_compiled_parts(dist):
     (sdist,) = dist.glob("tensorwire-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    assert {"setup.py", "pyproject.toml", "fastpath/_wire.pyx", "proto/grpc_service.proto",
+    assert {"setup.py", "pyproject.toml", "fastpath/_wire.pyx", "fastpath/_mapped.pyx", "proto/grpc_service.proto",
             "proto/model_config.proto"} <= names
     (wheel,) = dist.glob("tensorwire-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert any(n.startswith("tensorwire/fastpath/_wire") and n.endswith(".so") for n in names), sorted(names)
+    for ext in ("_wire", "_mapped"):
+        assert any(n.startswith(f"tensorwire/fastpath/{ext}") and n.endswith(".so") for n in names), sorted(names)
     assert "tensorwire/proto/inference.binpb" in names
     assert {"tensorwire/launcher.py", "tensorwire/echo.py", "tensorwire/bench/cli.py"} <= names
 
