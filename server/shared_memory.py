@@ -149,8 +149,9 @@ class Region:
 
     def _check_object(self, offset: int, size: int) -> None:
         """The object still holds [offset, offset + size) of the region: a clear error before any copy (a
-        shrink during the copy is caught by the copy itself)."""
-        actual = os.fstat(self.fd).st_size
+        shrink during the copy is caught by the copy itself). fstat in C through the mapping when there is one
+        (os.fstat builds a stat_result: ~3.5 us)."""
+        actual = self.mapping.object_size() if self.mapping is not None else os.fstat(self.fd).st_size
         if actual < self.offset + offset + size:
             raise self._shrunk(offset, size, actual)
 

@@ -46,6 +46,7 @@ def test_guarded_copies_move_exact_bytes_at_any_offset(shm_fd):
     data = np.random.default_rng(0).integers(0, 256, SIZE, dtype=np.uint8)
     os.pwrite(shm_fd, data.tobytes(), 4096 + 7)
     m = mapped.Mapping(shm_fd, 4096 + 7, SIZE)  # a region that starts inside a page
+    assert m.object_size() == os.fstat(shm_fd).st_size == 4096 + 7 + SIZE  # the pwrite above grew it
     out = np.empty(SIZE, np.uint8)
     m.read_into(0, out)
     assert np.array_equal(out, data)
@@ -69,6 +70,7 @@ def test_a_shrunk_object_fails_the_copy_not_the_process(shm_fd):
     out = np.empty(SIZE, np.uint8)
     m.read_into(0, out)
     os.ftruncate(shm_fd, 4096)  # pages past the first are gone: touching them raises SIGBUS
+    assert m.object_size() == 4096  # the copies themselves do not check: the guard is what is tested here
     for _ in range(200):
         with pytest.raises(mapped.Shrunk):
             m.read_into(0, out)
