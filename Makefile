@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-# What the installed package is built from. Generated files (fastpath/_wire.c, proto/inference.binpb) are
+# What the installed package is built from. Generated files (fastpath/*.c, proto/inference.binpb) are
 # left out: the install itself writes them.
 SOURCES := $(shell find src server fastpath export proto bench -name '*.py' -o -name '*.pyx' -o -name '*.pxd' \
              -o -name '*.proto' 2>/dev/null) pyproject.toml setup.py
@@ -36,4 +36,4 @@ lint: $(BIN)/python
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info proto/inference.binpb fastpath/_wire.c fastpath/_wire*.so model_repository
+	rm -rf $(VENV) build dist *.egg-info proto/inference.binpb fastpath/*.c fastpath/*.so model_repository
