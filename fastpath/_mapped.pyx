@@ -10,8 +10,11 @@ is not ours: the handler puts back the action it replaced (faulthandler's, or th
 so the faulting access runs again under that action, as if this module had never been loaded.
 
 Why not ``preadv``/``pwrite`` alone (the fallback, server/shared_memory.py): the kernel's per-page
-lookup costs 4x a memcpy from a mapping (4.8 MB: ~1.0 against ~0.23 ms; bench/results/shared_memory/).
+copy costs 2x to 4x a memcpy from a mapping (4.8 MB: ~0.5 to 1.0 against ~0.23 ms;
+bench/results/shared_memory/).
 """
+
+from libc.errno cimport errno
 
 cdef extern from *:
     """
@@ -128,12 +131,12 @@ cdef class Mapping:
         self.mapped = self.skip + length
         self.base = NULL
         if tw_install() != 0:
-            raise OSError(_os.strerror(_os.EINVAL), "cannot install the SIGBUS guard")
+            raise OSError(errno, f"cannot install the SIGBUS guard: {_os.strerror(errno)}")
         if self.mapped == 0:
             return
         cdef void *p = tw_map(fd, self.mapped, <long>start)
         if p == NULL:
-            raise OSError("mmap failed")
+            raise OSError(errno, f"cannot map the shared-memory object: {_os.strerror(errno)}")
         self.base = <char *>p
 
     def __dealloc__(self):
@@ -162,23 +165,21 @@ cdef class Mapping:
     def read_into(self, size_t offset, unsigned char[::1] into not None):
         """Copy ``len(into)`` bytes at ``offset`` of the region into ``into``; :class:`Shrunk` on SIGBUS."""
         cdef size_t n = into.shape[0]
-        if n == 0:
-            return
-        cdef char *src = self._at(offset, n)
-        cdef int rc
-        with nogil:
-            rc = tw_guarded_copy(&into[0], src, n)
-        if rc != 0:
-            raise Shrunk(offset, n)
+        if n:
+            _guarded(&into[0], self._at(offset, n), n, offset)
 
     def write_from(self, size_t offset, const unsigned char[::1] data not None):
         """Copy ``data`` to ``offset`` of the region; :class:`Shrunk` on SIGBUS."""
         cdef size_t n = data.shape[0]
-        if n == 0:
-            return
-        cdef char *dst = self._at(offset, n)
-        cdef int rc
-        with nogil:
-            rc = tw_guarded_copy(dst, &data[0], n)
-        if rc != 0:
-            raise Shrunk(offset, n)
+        if n:
+            _guarded(self._at(offset, n), &data[0], n, offset)
+
+
+cdef int _guarded(void *dst, const void *src, size_t n, size_t offset) except -1:
+    """One guarded copy without the GIL; :class:`Shrunk` if it faulted."""
+    cdef int rc
+    with nogil:
+        rc = tw_guarded_copy(dst, src, n)
+    if rc != 0:
+        raise Shrunk(offset, n)
+    return 0
