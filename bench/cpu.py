@@ -78,7 +78,7 @@ def _repository(workdir: Path) -> Path:
 
 
 def ort_cpu(repo: Path, threads: list[int], runs: int) -> dict[str, dict[str, float]]:
-    """In-process ORT per run at each intra-op thread count: wall p50 and process CPU (spinning included)."""
+    """In-process ORT per run at each intra-op thread count: wall p50 and process CPU (spinning off, as served)."""
 
     x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
     out = {}
