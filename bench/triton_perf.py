@@ -401,8 +401,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "| ratio | value | target | |", "| --- | --- | --- | --- |", *ratio_rows, "",
         "The most a free transport could give (plain gRPC time over a 2 KB round trip + the model's run; "
         "median over rounds; `ceilings` in bench/triton_perf.py): "
-        + ", ".join(f"{k} {_fmt(v, 2)}x" for k, v in s.get("ceilings", {}).items()) + ". A target above its "
-        "ceiling cannot be met on this machine by any shared-memory path.", "",
+        + ", ".join(f"{k} {_fmt(v, 2)}x" for k, v in s.get("ceilings", {}).items()) + ". A target above the "
+        "`server` ceiling cannot be met unless the model itself ran faster inside the server; above the "
+        "`in_process` one, not even then.", "",
         f"Shared-memory cases: {'skipped: ' + payload['shm_skipped'] if payload['shm_skipped'] else 'run'}.", "",
         "Outputs (tritonclient, one fixed input each way, compared bit for bit; perf_analyzer compares none): "
         + ", ".join(f"{k}: {v}" for k, v in payload["equality"].items()), "",
