@@ -146,14 +146,13 @@ class Model:
                 bound.check(prep, execution.outputs)
             response = self._package(request, prep, execution.outputs)
         except BaseException as exc:
-            if prep is not None and prep.shm is not None:
-                prep.shm.release()
             self.stats.record_failure(time.perf_counter_ns() - start, failure_reason(exc))
             if self.access_rate and random.random() < self.access_rate:
                 self._access(request, getattr(exc, "code", grpc.StatusCode.INTERNAL).name, start)
             raise
-        if prep.shm is not None:
-            prep.shm.release()
+        finally:  # the shared-memory regions this request's outputs leased, whatever happened
+            if prep is not None and prep.shm is not None:
+                prep.shm.release()
         end = time.perf_counter_ns()
         times = RequestTimes(queue_ns=execution.queue_ns, compute_input_ns=prepared - start + execution.input_ns,
                              compute_infer_ns=execution.infer_ns, compute_output_ns=end - ran)

@@ -358,7 +358,7 @@ def read_input(regions: SharedMemoryRegistry | None, ref: ShmRef, slot: int) -> 
     from request to request: no page faults of a fresh buffer; server/scratch.py says why that is safe);
     the region is leased only while it is read."""
     with checked(regions).lease(ref.region) as region:
-        region.check_span(ref.offset, ref.byte_size)
+        region.check_span(ref.offset, ref.byte_size)  # before the buffer is taken: a hostile size costs nothing
         return region.read(ref.offset, ref.byte_size, thread_buffer(ref.byte_size, slot))
 
 
