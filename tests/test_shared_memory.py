@@ -316,6 +316,12 @@ def _shm_fds(pid: int) -> int:
     return count
 
 
+def _shm_maps(pid: int) -> int:
+    """Mappings the server holds of this test's /dev/shm objects (one per registered region)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return sum(PREFIX in line for line in f)
+
+
 def test_unregister_while_requests_use_the_region(client, served):
     """Requests race unregister / re-register: each is answered right or NOT_FOUND, none fails otherwise,
     and once everything is unregistered every descriptor the regions held is closed (leases counted)."""
@@ -325,7 +331,7 @@ def test_unregister_while_requests_use_the_region(client, served):
     shm.set_shared_memory_region(h_in, [a, b])
     client.register_system_shared_memory("in", key_in, 256)
     client.register_system_shared_memory("out", key_out, 256)
-    assert _shm_fds(served.process.pid) == 2
+    assert _shm_fds(served.process.pid) == 2 and _shm_maps(served.process.pid) == 2
     want0 = a + b
     outcomes: list[str] = []
     stop = threading.Event()
@@ -350,12 +356,13 @@ def test_unregister_while_requests_use_the_region(client, served):
     assert set(outcomes) <= {"ok", "StatusCode.NOT_FOUND"} and "ok" in outcomes, set(outcomes)
     np.testing.assert_allclose(shm.get_contents_as_numpy(h_out, np.float32, [2, 16]), want0, rtol=1e-6)
     client.unregister_system_shared_memory()
-    assert _shm_fds(served.process.pid) == 0
+    assert _shm_fds(served.process.pid) == 0 and _shm_maps(served.process.pid) == 0
 
 
 def test_shrinking_a_region_under_requests_is_an_error_not_a_crash(client, served):
     """A client cuts the object behind its registered regions (ftruncate) while requests use them: the
-    server, which never maps client memory, answers those requests with a clear error and keeps serving."""
+    server, which copies only through its SIGBUS-guarded mapping, answers those requests with a clear error and
+    keeps serving."""
     a, b = _data()
     h_in, key_in = _region(client, "in", 256)
     h_out, key_out = _region(client, "out", 256)
@@ -471,6 +478,9 @@ def test_fuzz_shared_memory_parameters(client, served):
     after = shm.get_contents_as_numpy(h_out, np.uint8, [512])
     assert (after[:192] == 0xAB).all() and (after[320:] == 0xAB).all()
     np.testing.assert_array_equal(_plain(client, a, b)[0], a + b)
+    # Every refused request gave back the regions it leased: once unregistered, nothing stays open or mapped.
+    client.unregister_system_shared_memory()
+    assert _shm_fds(served.process.pid) == 0 and _shm_maps(served.process.pid) == 0
 
 
 # -- flags and the restricted category ---------------------------------------------------------------------
@@ -512,5 +522,7 @@ def test_bench_shared_memory_runs_and_its_io_binding_writes_the_same_output():
     assert [r["case"] for r in rows] == ["conv [B,16] b=1", "conv [B,16] b=8", "relu 600 KB b=1"]
     assert [r["output_bytes"] for r in rows] == [64, 512, 3 * 224 * 224 * 4]
     assert all(v > 0 for r in rows for k, v in r.items() if k.endswith("_us"))
+    assert all({"copy_us", "run_copy_us"} <= set(r) for r in rows)  # the server's own copy into the region
     copies = read_costs(5)
     assert len(copies) == 2 and all(v > 0 for r in copies for k, v in r.items() if k.endswith("_us"))
+    assert all({"guarded_read_us", "guarded_write_us"} <= set(r) for r in copies)
