@@ -159,7 +159,7 @@ cdef class Mapping:
         """The object's size in bytes now (fstat)."""
         cdef long long size = tw_object_size(self.fd)
         if size < 0:
-            raise OSError("fstat failed on the shared-memory object")
+            raise OSError(errno, _os.strerror(errno))
         return size
 
     def read_into(self, size_t offset, unsigned char[::1] into not None):
