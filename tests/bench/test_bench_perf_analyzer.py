@@ -14,7 +14,7 @@ import pytest
 from tensorwire.bench import cpu, triton_perf
 from tensorwire.cli import main
 
-SAMPLE = Path(__file__).parent / "fixtures" / "perf_analyzer" / "mlp_c8_streaming.csv"
+SAMPLE = Path(__file__).parents[1] / "fixtures" / "perf_analyzer" / "mlp_c8_streaming.csv"
 
 
 def test_perf_analyzer_csv_is_parsed_to_numbers():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "tests" / "go" / "build.sh"
 GOCODE = Path(os.environ.get("GOCODE", "/usr/share/gocode"))
 

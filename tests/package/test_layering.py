@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Source folder -> the package it installs as (pyproject's package-dir).
 PACKAGES = {"src/tensorwire": "tensorwire", "server": "tensorwire.server", "fastpath": "tensorwire.fastpath",
             "export": "tensorwire.export"}

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 
 from tensorwire.launcher import tensorwire_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(cmd: list, timeout: float, **kw) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from tensorwire.export import cli
 from tensorwire.export.testing import infer_grpc
 
 pytest.importorskip("torch")
-FACTORY = Path(__file__).parent / "fixtures" / "export_factory.py"
+FACTORY = Path(__file__).parents[1] / "fixtures" / "export_factory.py"
 
 
 def _parser() -> argparse.ArgumentParser:

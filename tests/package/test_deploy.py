@@ -32,7 +32,7 @@ from tensorwire.launcher import launch
 from tensorwire.server.app import LIVENESS_SERVICE
 from tensorwire.server.flags import settings_from_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROBE_SERVICES = {"", pb.SERVICE_NAME, LIVENESS_SERVICE}
 

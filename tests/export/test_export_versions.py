@@ -60,5 +60,5 @@ def test_training_mode_is_documented_behaviour(tmp_path):
     with pytest.warns(UserWarning, match="training mode: switched to eval"):
         report = export_model(model, torch.randn(2, 8), name="t", repository=tmp_path, **_quick())
     assert model.training and any("training mode" in w for w in report.warnings)
-    doc = (__import__("pathlib").Path(__file__).parents[1] / "docs" / "export.md").read_text()
+    doc = (__import__("pathlib").Path(__file__).parents[2] / "docs" / "export.md").read_text()
     assert "switched to `eval()`" in doc and "handed back in training mode" in doc

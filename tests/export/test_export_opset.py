@@ -16,7 +16,7 @@ from tensorwire.export.testing import infer_grpc
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("transformers")
-FACTORY = Path(__file__).parent / "fixtures" / "export_models.py"
+FACTORY = Path(__file__).parents[1] / "fixtures" / "export_models.py"
 GPT2_ARGS = ["--input", "input_ids:2x16:int64:0..95", "--input", "attention_mask:2x16:int64",
              "--dynamic", "input_ids:0:batch", "--dynamic", "input_ids:1:sequence",
              "--dynamic", "attention_mask:0:batch", "--dynamic", "attention_mask:1:sequence"]

@@ -296,7 +296,7 @@ def test_shapes_models_and_stats_helpers():
 
 # ---------------------------------------------------------------- plots people can read
 
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 
 
 def _inside_figure(fig, artist) -> bool:

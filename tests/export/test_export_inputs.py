@@ -14,7 +14,7 @@ from tensorwire.export.inputs import INT_DEFAULT_RANGE, InputArg, example_inputs
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 MODELS = FIXTURES / "export_models.py"
 
 
