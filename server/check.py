@@ -18,7 +18,7 @@ from tensorwire.errors import RequestError
 from tensorwire.proto.messages import InferRequest, InputTensor, RequestedOutput
 from tensorwire.server.repository import ModelRepository
 from tensorwire.server.settings import ServerSettings
-from tensorwire.server.threads import warmup_feeds
+from tensorwire.server.thread_tuning import warmup_feeds
 
 
 @dataclass

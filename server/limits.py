@@ -25,7 +25,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _SHOWN = 40
 
 
-def shown(name: str) -> str:
+def quoted(name: str) -> str:
     """A client-given name as it may appear in a message or a log line: quoted, escaped and cut short."""
     text = name if len(name) <= _SHOWN else name[:_SHOWN] + "..."
     return repr(text)
@@ -41,13 +41,13 @@ def check_model_name(name: str) -> None:
         raise InvalidArgument("model name is empty")
     if not valid_model_name(name):
         raise InvalidArgument(
-            f"model name {shown(name)} is not valid: use at most {MAX_NAME_LENGTH} letters, digits, '_', '-' "
+            f"model name {quoted(name)} is not valid: use at most {MAX_NAME_LENGTH} letters, digits, '_', '-' "
             "or '.', not starting with '.'")
 
 
 def check_config_json_size(model: str, config_json: str) -> None:
     if len(config_json) > MAX_CONFIG_JSON_BYTES:
-        raise InvalidArgument(f"model {shown(model)}: the 'config' parameter has {len(config_json)} characters; "
+        raise InvalidArgument(f"model {quoted(model)}: the 'config' parameter has {len(config_json)} characters; "
                               f"at most {MAX_CONFIG_JSON_BYTES} are accepted")
 
 
@@ -56,7 +56,7 @@ def check_file_name(model: str, file_name: str) -> None:
     if (not file_name or "/" in file_name or "\\" in file_name or file_name in (".", "..")
             or "\0" in file_name or len(file_name) > 255):
         raise InvalidArgument(
-            f"model '{model}': default_model_filename {shown(file_name)} must be a plain file name inside the "
+            f"model '{model}': default_model_filename {quoted(file_name)} must be a plain file name inside the "
             "version directory (no '/', no '..')")
 
 
@@ -82,8 +82,8 @@ def _warmup_bytes(cfg) -> int:
         rows = max(int(warmup.batch_size), 1)
         for name, inp in warmup.inputs.items():
             if any(d < 0 for d in inp.dims):
-                raise ModelLoadError(f"model '{cfg.name}': model_warmup '{shown(warmup.name)}' input "
-                                     f"{shown(name)} has a negative dimension")
+                raise ModelLoadError(f"model '{cfg.name}': model_warmup '{quoted(warmup.name)}' input "
+                                     f"{quoted(name)} has a negative dimension")
             dt = BY_CONFIG_ENUM.get(inp.data_type)
             total += rows * math.prod(int(d) for d in inp.dims) * (dt.itemsize if dt and dt.itemsize else 1)
     return total
@@ -96,7 +96,7 @@ def _thread_parameter(cfg, key: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ModelLoadError(f"model '{cfg.name}': parameter {key} must be an integer, got {shown(text)}") from None
+        raise ModelLoadError(f"model '{cfg.name}': parameter {key} must be an integer, got {quoted(text)}") from None
 
 
 def check_config_limits(cfg, s: ServerSettings) -> None:

@@ -12,12 +12,13 @@ from tensorwire.errors import ModelLoadError
 from tensorwire.server.model import Model
 from tensorwire.server.model_config import DEFAULT_MODEL_FILENAME, GraphTensor, ModelSpec, complete_config
 from tensorwire.server.providers import ProviderPlan, plan_providers
+from tensorwire.server.request_limits import RequestLimits
 from tensorwire.server.scheduler import make_scheduler
+from tensorwire.server.scratch import ScratchPool
 from tensorwire.server.session import import_onnxruntime, make_runner, session_options
 from tensorwire.server.settings import ServerSettings
 from tensorwire.server.statistics import ModelStatistics
-from tensorwire.server.threads import faster_thread_count, warmup_feeds
-from tensorwire.server.validation import RequestLimits
+from tensorwire.server.thread_tuning import faster_thread_count, warmup_feeds
 
 log = logging.getLogger("tensorwire.loader")
 
@@ -39,7 +40,7 @@ def _open_session(ort, path: Path, options, plan: ProviderPlan):
 def _tune_threads(ort, path: Path, cfg, settings: ServerSettings, plan: ProviderPlan, sessions: list,
                   spec: ModelSpec, pool_threads: int) -> tuple[list, int, str]:
     """(sessions, threads, why): a one-thread session instead of the pool when it runs this model faster
-    (tensorwire.server.threads); the pool session otherwise. A batching model is timed at its largest batch."""
+    (tensorwire.server.thread_tuning); the pool session otherwise. A batching model is timed at its largest batch."""
     batching = cfg.WhichOneof("scheduling_choice") == "dynamic_batching" and spec.max_batch_size > 0
     feeds = warmup_feeds(spec, batch=spec.max_batch_size if batching else 1)
     if feeds is None:
@@ -82,7 +83,8 @@ def _graph_tensors(session) -> tuple[list[GraphTensor], list[GraphTensor]]:
             [GraphTensor(o.name, o.type, tuple(o.shape)) for o in session.get_outputs()])
 
 
-def load_model_version(model_dir: Path, version: int, cfg, settings: ServerSettings) -> Model:
+def load_model_version(model_dir: Path, version: int, cfg, settings: ServerSettings,
+                       scratch: ScratchPool) -> Model:
     """Open the ORT sessions for ``model_dir/version``, complete ``cfg`` from the graph, and build the Model."""
     ort = import_onnxruntime()
     where = f"model '{cfg.name}' version {version}"
@@ -106,4 +108,4 @@ def load_model_version(model_dir: Path, version: int, cfg, settings: ServerSetti
              where, len(sessions), threads, threads_why, type(scheduler).__name__, used, plan.reason,
              "; skipped " + ", ".join(plan.skipped) if plan.skipped else "")
     return Model(spec=spec, version=str(version), scheduler=scheduler, stats=stats, sessions=tuple(sessions),
-                 limits=RequestLimits.of(settings), access_rate=settings.log_requests)
+                 limits=RequestLimits.of(settings), scratch=scratch, access_rate=settings.log_requests)

@@ -2,13 +2,9 @@
 
 ``Model.infer`` runs every step of a request in one place: prepare (validate, make ORT feeds), schedule
 (a free instance or the dynamic batcher), package (the response object) and record (statistics). The
-transports (ModelInfer, ModelStreamInfer, in-process callers) stay thin: they decode bytes, look the
-model up in the repository, call ``infer`` with a :class:`Call`, and encode the answer. Data flows one
-way: bytes -> codec -> model -> codec -> bytes.
-
-``Call`` is what the model needs to know about the caller, whatever the transport: its deadline and
-whether it is still waiting. A transport builds one per request (``Call.of_grpc`` for grpcio's servicer
-context).
+transports (gRPC, HTTP, in-process callers) stay thin: they decode bytes, look the model up, call ``infer``
+with a :class:`~tensorwire.server.call.Call`, and encode the answer. Data flows one way:
+bytes -> codec -> model -> codec -> bytes.
 """
 
 from __future__ import annotations
@@ -26,62 +22,19 @@ from tensorwire.errors import Cancelled, DeadlineExceeded, Internal, RequestErro
 from tensorwire.proto.datatypes import DATATYPES
 from tensorwire.proto.messages import InferRequest, InferResponse, OutputTensor
 from tensorwire.proto.tensors import raw_from_array
+from tensorwire.server.call import ANY_CALLER, Call
 from tensorwire.server.model_config import ModelSpec
+from tensorwire.server.request_limits import DEFAULT_LIMITS, RequestLimits, ResponseBound
 from tensorwire.server.scheduler import Scheduler
-from tensorwire.server.shared_memory import SharedMemoryRegistry
+from tensorwire.server.scratch import ScratchPool
+from tensorwire.server.shared_memory import NO_REGIONS, SharedMemoryRegistry
 from tensorwire.server.statistics import ModelStatistics, RequestTimes
-from tensorwire.server.validation import (
-    DEFAULT_LIMITS,
-    FastLane,
-    PreparedRequest,
-    RequestLimits,
-    ResponseBound,
-    contents_check,
-    prepare,
-    prepare_fast,
-)
+from tensorwire.server.validation import FastLane, PreparedRequest, contents_check, prepare, prepare_fast
 
 log = logging.getLogger("tensorwire.model")
 access_log = logging.getLogger("tensorwire.access")
-
-# grpcio reports "no deadline" as a time_remaining() of about 2**63 seconds.
-_NO_DEADLINE_S = 1e9
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """The caller of one request: ``deadline`` is a time.monotonic() instant (None: no deadline),
-    ``is_active`` tells whether the caller still waits (None: always), ``on_end`` (optional) calls back when
-    the call ends."""
-
-    deadline: float | None = None
-    is_active: Callable[[], bool] | None = None
-    # Registers a function to run when the call ends (cancelled, timed out or answered); returns False if it
-    # already ended. What lets a request queued in a batcher leave at once when its client goes away.
-    on_end: Callable[[Callable[[], None]], bool] | None = None
-    # The server's shared-memory regions, for requests that name one (None: this caller cannot use them).
-    regions: SharedMemoryRegistry | None = None
-
-    @classmethod
-    def of_grpc(cls, context, regions: SharedMemoryRegistry | None = None) -> Call:
-        """The caller behind a grpcio ``ServicerContext`` (with the server's shared-memory ``regions``)."""
-        remaining = context.time_remaining()
-        deadline = None if remaining is None or remaining > _NO_DEADLINE_S else time.monotonic() + remaining
-        return cls(deadline, context.is_active, context.add_callback, regions)
-
-    def remaining(self) -> float | None:
-        """Seconds left (never negative), or None without a deadline."""
-        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
-
-    def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
-
-    def gone(self) -> bool:
-        """The deadline passed or the caller cancelled: nothing should be computed for it any more."""
-        return self.expired() or (self.is_active is not None and not self.is_active())
-
-
-ANY_CALLER = Call()
+# What a Model built without one (tests, in-process callers) takes its scratch buffers from.
+DEFAULT_SCRATCH = ScratchPool()
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -106,6 +59,7 @@ class Model:
     stats: ModelStatistics = field(default_factory=ModelStatistics)
     sessions: tuple = ()  # the ORT sessions behind the instances, for what they report (thread counts)
     limits: RequestLimits = DEFAULT_LIMITS  # what one request may cost (the server's flags)
+    scratch: ScratchPool = DEFAULT_SCRATCH  # the server's pool of scratch buffers (server/scratch.py)
     lane: FastLane = field(init=False)  # the spec precomputed for validation's fast lane
     output_datatypes: dict[str, str] = field(init=False)  # output name -> KServe datatype name
     # Passed to the codec's decode: refuses typed contents this model cannot take (shape, datatype, count, a
@@ -126,16 +80,19 @@ class Model:
     def name(self) -> str:
         return self.spec.name
 
-    def infer(self, request: InferRequest, call: Call = ANY_CALLER) -> InferResponse:
-        """Prepare, schedule, package and record one request; a failure is recorded and raised."""
+    def infer(self, request: InferRequest, call: Call = ANY_CALLER,
+              regions: SharedMemoryRegistry = NO_REGIONS) -> InferResponse:
+        """Prepare, schedule, package and record one request; a failure is recorded and raised. ``regions``:
+        the server's shared-memory registry, for requests that name a region."""
         start = time.perf_counter_ns()
         self.stats.begin()  # before the retired check: a drain that saw no request pending saw this one's check
         if self._resolve is not None:
             self.stats.abandon()
-            return self._resolve(request.model_name, request.model_version).infer(request, call)
+            return self._resolve(request.model_name, request.model_version).infer(request, call, regions)
         prep = None
         try:
-            prep = prepare_fast(request, self.lane) or prepare(request, self.spec, self.limits, call.regions)
+            prep = (prepare_fast(request, self.lane, self.scratch)
+                    or prepare(request, self.spec, self.limits, regions, self.scratch))
             bound = self.response_bound
             if bound.before:  # only models whose largest static answer exceeds --max-message-mb
                 bound.check(prep)
@@ -150,9 +107,9 @@ class Model:
             if self.access_rate and random.random() < self.access_rate:
                 self._access(request, getattr(exc, "code", grpc.StatusCode.INTERNAL).name, start)
             raise
-        finally:  # the shared-memory regions this request's outputs leased, whatever happened
-            if prep is not None and prep.shm is not None:
-                prep.shm.release()
+        finally:  # what the request held: its shared-memory leases and scratch buffers (execution is over)
+            if prep is not None:
+                _release(prep, self.scratch)
         end = time.perf_counter_ns()
         times = RequestTimes(queue_ns=execution.queue_ns, compute_input_ns=prepared - start + execution.input_ns,
                              compute_infer_ns=execution.infer_ns, compute_output_ns=end - ran)
@@ -199,3 +156,11 @@ class Model:
         drained = self.stats.wait_idle(drain_s)
         self.scheduler.close()
         return drained
+
+
+def _release(prep: PreparedRequest, scratch: ScratchPool) -> None:
+    """Give back what a request held once its execution is over: shared-memory leases, scratch buffers."""
+    if prep.shm is not None:
+        prep.shm.release()
+    if prep.scratch:
+        scratch.give_back(prep.scratch)

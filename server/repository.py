@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tensorwire import proto as pb
 from tensorwire.errors import ModelLoadError, NotFound, RequestError, Unavailable
-from tensorwire.server.limits import check_config_limits, check_model_name, contained, shown, valid_model_name
+from tensorwire.server.limits import check_config_limits, check_model_name, contained, quoted, valid_model_name
 from tensorwire.server.loader import load_model_version
 from tensorwire.server.logs import event
 from tensorwire.server.model import Model
@@ -31,6 +31,7 @@ from tensorwire.server.model_config import (
     version_dirs,
     versions_to_load,
 )
+from tensorwire.server.scratch import ScratchPool
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.repository")
@@ -75,8 +76,9 @@ def _config(name: str, model_dir: Path, config_json: str | None):
 
 
 class ModelRepository:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, scratch: ScratchPool | None = None) -> None:
         self.root = Path(settings.model_repository)
+        self.scratch = scratch or ScratchPool(settings.scratch_pool_bytes)  # shared by every model it loads
         if not self.root.is_dir():
             raise FileNotFoundError(f"model repository {self.root} is not a directory")
         self.settings = settings
@@ -118,7 +120,7 @@ class ModelRepository:
                 self.load(name)
             except RequestError as exc:
                 self.startup_failures.append(name)
-                log.error("model %s failed to load: %s", shown(name), exc)
+                log.error("model %s failed to load: %s", quoted(name), exc)
 
     # -- lifecycle -------------------------------------------------------------------------
     def load(self, name: str, config_json: str | None = None) -> ModelEntry:
@@ -186,7 +188,7 @@ class ModelRepository:
                 at.append(str(v))
                 per_version = pb.ModelConfig()
                 per_version.CopyFrom(cfg)
-                loaded[str(v)] = load_model_version(self.root / name, v, per_version, self.settings)
+                loaded[str(v)] = load_model_version(self.root / name, v, per_version, self.settings, self.scratch)
         except BaseException:
             for model in loaded.values():
                 model.close()

@@ -32,7 +32,7 @@ from tensorwire.server.statistics import ModelStatistics, RequestTimes
 from tensorwire.server.validation import PreparedRequest
 
 if TYPE_CHECKING:
-    from tensorwire.server.model import Call
+    from tensorwire.server.call import Call
     from tensorwire.server.model_config import ModelSpec
 
 log = logging.getLogger("tensorwire.scheduler")
@@ -88,7 +88,7 @@ class DirectScheduler:
             raise _expired(self.name) from None
         try:
             t1 = time.perf_counter_ns()
-            if call.gone():  # timed out or cancelled (a shutdown's grace ran out, say) while it waited
+            if call.abandoned():  # timed out or cancelled (a shutdown's grace ran out, say) while it waited
                 raise _expired(self.name)
             outputs = runner(prep.feeds, prep.output_names)
             t2 = time.perf_counter_ns()

@@ -155,6 +155,11 @@ class ServerSettings:
     max_typed_contents_mb: float = setting(
         16.0, help="largest typed contents (InferTensorContents) of one request, all inputs, once decoded, in MiB; a "
         "one-byte varint decodes to up to 8 bytes, so this bounds what typed requests cost; raw inputs are views")
+    scratch_pool_mb: float = setting(
+        0.0, metavar="MIB", shown="0: twice --max-message-mb",
+        help="most MiB of reusable scratch buffers (realigned inputs, inputs read from shared memory) the server "
+        "keeps; a request beyond it gets a buffer of its own, and buffers idle for 2 s are given back "
+        "(docs/resilience.md)")
     handler_threads: int = setting(
         0, shown="0: as many as --max-concurrent-rpcs",
         help="threads running RPC handlers. A call holds one from its start, also while its client is still "
@@ -252,6 +257,10 @@ class ServerSettings:
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_mb * 2**20)
+
+    @property
+    def scratch_pool_bytes(self) -> int:
+        return int((self.scratch_pool_mb or 2 * self.max_message_mb) * 2**20)
 
     @property
     def handler_thread_count(self) -> int:

@@ -20,20 +20,28 @@ when the last lease ends; the name is free again at once.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tensorwire.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from tensorwire.server.limits import shown
-from tensorwire.server.scratch import thread_buffer
+from tensorwire.proto.datatypes import Datatype
+from tensorwire.proto.messages import InferRequest
+from tensorwire.proto.tensors import array_from_raw, element_count, format_shape
+from tensorwire.server.limits import quoted
+from tensorwire.server.request_limits import RequestLimits, check_bytes_elements, check_shared_memory_budget
 from tensorwire.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from tensorwire.server.model_config import ModelSpec
 
 SHM_DIR = "/dev/shm"
 MAX_KEY_LENGTH = 255  # NAME_MAX: the longest file name /dev/shm can hold
@@ -62,7 +70,7 @@ def object_file_name(key: str) -> str:
     m = _KEY.fullmatch(key) if isinstance(key, str) else None
     if m is None or m.group(1) in (".", ".."):
         raise InvalidArgument(
-            f"shared memory key {shown(key)} is not a POSIX shared memory name: use an optional leading '/' and then "
+            f"shared memory key {quoted(key)} is not a POSIX shared memory name: use an optional leading '/' and then "
             f"1 to {MAX_KEY_LENGTH} letters, digits, '_', '.' or '-' (not '.' or '..')")
     return m.group(1)
 
@@ -143,7 +151,7 @@ class Region:
             if n <= 0:
                 raise InvalidArgument(
                     f"shared memory region '{self.name}': could read only {got} of {byte_size} bytes at offset "
-                    f"{offset}; the object behind key {shown(self.key)} was made smaller after registration")
+                    f"{offset}; the object behind key {quoted(self.key)} was made smaller after registration")
             got += n
         return buf
 
@@ -158,7 +166,7 @@ class Region:
     def _shrunk(self, offset: int, size: int, actual: int | None = None) -> InvalidArgument:
         holds = "" if actual is None else f"now holds {actual} bytes, "
         return InvalidArgument(
-            f"shared memory region '{self.name}': the object behind key {shown(self.key)} {holds}too few for "
+            f"shared memory region '{self.name}': the object behind key {quoted(self.key)} {holds}too few for "
             f"{size} bytes at offset {offset}; it was made smaller after registration")
 
     def write(self, offset: int, data) -> None:
@@ -194,31 +202,32 @@ class SharedMemoryRegistry:
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
 
-    def _check_enabled(self) -> None:
+    def require_enabled(self) -> None:
+        """UNAVAILABLE, saying how to enable it, when this server does not serve shared memory."""
         if not self.enabled:
             raise Unavailable(DISABLED)
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         """Open the object ``key`` and record ``name``; every check before the object is kept open."""
-        self._check_enabled()
+        self.require_enabled()
         if not name or len(name) > MAX_REGION_NAME_LENGTH:
-            raise InvalidArgument(f"shared memory region name {shown(name)} must have 1 to "
+            raise InvalidArgument(f"shared memory region name {quoted(name)} must have 1 to "
                                   f"{MAX_REGION_NAME_LENGTH} characters")
         file_name = object_file_name(key)
         if byte_size <= 0:
             raise InvalidArgument(
-                f"failed to register shared memory region {shown(name)}: invalid args (byte_size is 0)")
+                f"failed to register shared memory region {quoted(name)}: invalid args (byte_size is 0)")
         with self._lock:
             if name in self._regions:
-                raise AlreadyExists(f"shared memory region {shown(name)} already in manager")
+                raise AlreadyExists(f"shared memory region {quoted(name)} already in manager")
             self._check_count(name)  # a client at the bound on regions costs no open()
             fd = _open_object(key, file_name)
             try:
                 size = os.fstat(fd).st_size
                 if offset + byte_size > size:
                     raise InvalidArgument(
-                        f"failed to register shared memory region {shown(name)}: invalid args (offset {offset} + "
-                        f"byte_size {byte_size} is beyond the {size} bytes of the object {shown(key)})")
+                        f"failed to register shared memory region {quoted(name)}: invalid args (offset {offset} + "
+                        f"byte_size {byte_size} is beyond the {size} bytes of the object {quoted(key)})")
                 self._check_bytes(name, byte_size)
             except BaseException:
                 os.close(fd)
@@ -228,19 +237,19 @@ class SharedMemoryRegistry:
     def _check_count(self, name: str) -> None:
         if len(self._regions) >= self.max_regions:
             raise ResourceExhausted(
-                f"failed to register shared memory region {shown(name)}: {len(self._regions)} regions are "
+                f"failed to register shared memory region {quoted(name)}: {len(self._regions)} regions are "
                 "registered, this server's bound (--limit-shared-memory-regions); unregister some first")
 
     def _check_bytes(self, name: str, byte_size: int) -> None:
         total = sum(r.byte_size for r in self._regions.values())
         if total + byte_size > self.max_bytes:
             raise ResourceExhausted(
-                f"failed to register shared memory region {shown(name)}: {byte_size} bytes more than the {total} "
+                f"failed to register shared memory region {quoted(name)}: {byte_size} bytes more than the {total} "
                 f"registered would exceed this server's bound of {self.max_bytes} bytes (--limit-shared-memory-mb)")
 
     def unregister(self, name: str = "") -> None:
         """Forget ``name`` (empty: every region); an unknown name is not an error, as in Triton."""
-        self._check_enabled()
+        self.require_enabled()
         with self._lock:
             if name:
                 gone = [self._regions.pop(name)] if name in self._regions else []
@@ -251,24 +260,24 @@ class SharedMemoryRegistry:
 
     def status(self, name: str = "") -> list[Region]:
         """The regions named (empty: all), Triton's NOT_FOUND for an unknown name."""
-        self._check_enabled()
+        self.require_enabled()
         with self._lock:
             if not name:
                 return list(self._regions.values())
             region = self._regions.get(name)
         if region is None:
-            raise NotFound(f"Unable to find system shared memory region: {shown(name)}")
+            raise NotFound(f"Unable to find system shared memory region: {quoted(name)}")
         return [region]
 
     def acquire(self, name: str) -> Region:
         """The region ``name`` with a lease: it stays open (even if unregistered meanwhile) until ``release``."""
-        self._check_enabled()
+        self.require_enabled()
         with self._lock:
             region = self._regions.get(name)
             if region is not None:
                 region._acquire()
         if region is None:
-            raise NotFound(f"Unable to find shared memory region: {shown(name)}")
+            raise NotFound(f"Unable to find shared memory region: {quoted(name)}")
         return region
 
     @contextmanager
@@ -284,6 +293,10 @@ class SharedMemoryRegistry:
         """Unregister everything (server shutdown)."""
         if self.enabled:
             self.unregister()
+
+
+# The registry of a caller that cannot use shared memory (in-process callers, tests): always disabled.
+NO_REGIONS = SharedMemoryRegistry(ServerSettings())
 
 
 def _guarded_mapping(fd: int, offset: int, byte_size: int):
@@ -349,24 +362,62 @@ def shm_ref(params: dict, tensor: str) -> ShmRef | None:
         raise InvalidArgument(
             f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor '{tensor}'")
     if len(region) > MAX_REGION_NAME_LENGTH:
-        raise NotFound(f"Unable to find shared memory region: {shown(region)}")
+        raise NotFound(f"Unable to find shared memory region: {quoted(region)}")
     return ShmRef(region, values.get(OFFSET, 0), values[BYTE_SIZE])
 
 
-def read_input(regions: SharedMemoryRegistry | None, ref: ShmRef, slot: int) -> np.ndarray:
-    """An input's bytes, copied out of its region into this handler thread's scratch buffer ``slot`` (reused
-    from request to request: no page faults of a fresh buffer; server/scratch.py says why that is safe);
-    the region is leased only while it is read."""
-    with checked(regions).lease(ref.region) as region:
+def read_input(regions: SharedMemoryRegistry, ref: ShmRef, take: Callable[[int], np.ndarray]) -> np.ndarray:
+    """An input's bytes, copied out of its region into a scratch buffer from ``take`` (server/scratch.py: the
+    request holds it until its execution is over); the region is leased only while it is read."""
+    with regions.lease(ref.region) as region:
         region.check_span(ref.offset, ref.byte_size)  # before the buffer is taken: a hostile size costs nothing
-        return region.read(ref.offset, ref.byte_size, thread_buffer(ref.byte_size, slot))
+        return region.read(ref.offset, ref.byte_size, take(ref.byte_size))
 
 
-def checked(regions: SharedMemoryRegistry | None) -> SharedMemoryRegistry:
-    """The registry, if shared memory is on for this caller; UNAVAILABLE (how to enable it) otherwise."""
-    if regions is None or not regions.enabled:
-        raise Unavailable(DISABLED)
-    return regions
+def shm_input_array(request: InferRequest, i: int, ref: ShmRef, dt: Datatype, limits: RequestLimits,
+                    budget: list[int], regions: SharedMemoryRegistry, take: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Input ``i``'s data read from its shared-memory region, held to the same checks as raw bytes; sizes
+    are checked before a byte is read, and all of a request's shared-memory inputs together are bounded by
+    the largest message (``budget``)."""
+    inp = request.inputs[i]
+    where = f"input '{inp.name}'"
+    regions.require_enabled()
+    if inp.contents:
+        raise InvalidArgument(f"unexpected 'content' provided when using shared memory for input tensor "
+                              f"'{inp.name}' for model '{request.model_name}'")
+    count = element_count(inp.shape)
+    if dt.name == "BYTES":
+        check_bytes_elements(count, where, limits)
+    elif ref.byte_size != count * dt.itemsize:
+        raise InvalidArgument(
+            f"{where}: shared_memory_byte_size is {ref.byte_size}, but shape {format_shape(inp.shape)} of {dt.name} "
+            f"needs {count * dt.itemsize} bytes ({count} elements x {dt.itemsize} bytes)")
+    check_shared_memory_budget(where, ref.byte_size, budget, limits)
+    return array_from_raw(read_input(regions, ref, take), dt, inp.shape, where)
+
+
+def shm_outputs(request: InferRequest, spec: ModelSpec, batch: int, regions: SharedMemoryRegistry) -> ShmOutputs | None:
+    """The requested outputs to write into shared memory, leased; an output whose dims are all static is
+    checked against its region's size now, before the model runs. A failure releases what was leased."""
+    shm = None
+    try:
+        for out in request.outputs:
+            ref = shm_ref(out.parameters, out.name) if out.parameters else None
+            if ref is None:
+                continue
+            regions.require_enabled()
+            if shm is None:
+                shm = ShmOutputs()
+            shm.add(regions, out.name, ref)
+            t = spec.output_by_name[out.name]
+            if all(d >= 0 for d in t.dims) and t.datatype.name != "BYTES" and t.datatype.itemsize:
+                rows = max(batch, 1) if spec.max_batch_size > 0 else 1
+                shm.check_size(out.name, math.prod(t.dims) * rows * t.datatype.itemsize)
+    except BaseException:
+        if shm is not None:
+            shm.release()
+        raise
+    return shm
 
 
 class ShmOutputs:

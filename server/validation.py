@@ -1,24 +1,21 @@
 """Check a decoded request against the model's spec and turn it into ONNX Runtime feeds.
 
 Everything a client can get wrong is caught here, before ONNX Runtime runs, and answered with
-INVALID_ARGUMENT and a message that names the tensor, what came and what was expected.
-
-What a request may cost is bounded here too (:class:`RequestLimits`, docs/resilience.md "Memory per
-request"): :func:`contents_check` runs inside the codec, before typed contents are decoded; the BYTES
-element bound before raw BYTES are split; :class:`ResponseBound` before the run (static output dims)
-and after it (dynamic ones), so an answer that could not be sent is refused instead of encoded.
+INVALID_ARGUMENT and a message that names the tensor, what came and what was expected. Two ways through:
+:func:`prepare_fast`, a lane for the common request that takes a few microseconds, and :func:`prepare`, the
+general path that handles everything else and words every refusal. The bounds on what a request may cost are
+``request_limits.py``'s; the shared-memory side of a request is ``shared_memory.py``'s.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from tensorwire.errors import InvalidArgument, ResourceExhausted
-from tensorwire.proto.datatypes import CONTENTS_FIELD_DTYPES
+from tensorwire.errors import InvalidArgument
 from tensorwire.proto.messages import InferRequest, InputTensor
 from tensorwire.proto.tensors import (
     array_from_contents,
@@ -29,46 +26,19 @@ from tensorwire.proto.tensors import (
     format_shape,
 )
 from tensorwire.server.model_config import ModelSpec, TensorSpec
-from tensorwire.server.scratch import aligned_copy
-from tensorwire.server.settings import ServerSettings
-from tensorwire.server.shared_memory import SharedMemoryRegistry, ShmOutputs, ShmRef, checked, read_input, shm_ref
+from tensorwire.server.request_limits import (
+    RequestLimits,
+    check_bytes_elements,
+    check_typed_contents_total,
+    typed_contents_size,
+)
+from tensorwire.server.scratch import ScratchPool, aligned_copy
+from tensorwire.server.shared_memory import SharedMemoryRegistry, ShmOutputs, shm_input_array, shm_outputs, shm_ref
 
 # Request/output parameter that asks for typed InferTensorContents instead of raw bytes
 # (the same name Triton's HTTP protocol uses for its binary tensor extension).
 BINARY_DATA = "binary_data"
 BINARY_DATA_OUTPUT = "binary_data_output"
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """What one request may make the server hold beyond its own bytes; the defaults are ServerSettings'.
-
-    BYTES elements are bounded by count because each becomes Python objects and ONNX Runtime strings
-    (~300 bytes per element through an Identity model whatever its length; bench/results/memory/); typed
-    contents by their decoded size, since a one-byte varint decodes to up to 8 bytes; responses by the
-    largest message grpcio will send.
-    """
-
-    max_bytes_elements: int = 1 << 16
-    max_typed_contents_bytes: int = 16 << 20
-    max_response_bytes: int = 64 << 20
-
-    @classmethod
-    def of(cls, settings: ServerSettings) -> RequestLimits:
-        """The limits a server's ``ServerSettings`` set."""
-        return cls(settings.max_bytes_elements, int(settings.max_typed_contents_mb * 2**20),
-                   settings.max_message_bytes)
-
-
-DEFAULT_LIMITS = RequestLimits()
-
-
-def check_bytes_elements(count: int, where: str, limits: RequestLimits) -> None:
-    """RESOURCE_EXHAUSTED for more BYTES elements than the server takes, before any is split or decoded."""
-    if count > limits.max_bytes_elements:
-        raise ResourceExhausted(
-            f"{where}: {count} BYTES elements, above this server's bound of {limits.max_bytes_elements} "
-            "(--max-bytes-elements); send fewer strings per request")
 
 
 ContentsCheck = Callable[[list[tuple[InputTensor, dict[str, int]]]], None]
@@ -92,77 +62,25 @@ def contents_check(spec: ModelSpec, limits: RequestLimits) -> ContentsCheck:
             if dt.name == "BYTES":
                 check_bytes_elements(count, where, limits)
                 continue
-            size = count * CONTENTS_FIELD_DTYPES[dt.contents_field].itemsize
+            size = typed_contents_size(dt, count)
             decoded += size
-            if decoded > limits.max_typed_contents_bytes:
-                raise ResourceExhausted(
-                    f"{where}: {dt.contents_field} of {count} elements decodes to {size} bytes, {decoded} for the "
-                    f"request's typed contents so far, above this server's bound of "
-                    f"{limits.max_typed_contents_bytes} (--max-typed-contents-mb); send it in raw_input_contents")
+            check_typed_contents_total(where, dt, count, size, decoded, limits)
 
     return check
 
 
-@dataclass(frozen=True)
-class ResponseBound:
-    """The smallest size each output can have on the wire, to refuse an answer grpcio could not send.
-
-    ``rows``: per output, (elements per batch row, or of the whole tensor without batching; None when a
-    dim is dynamic or the datatype is BYTES) and bytes per element in raw and in typed form. A typed
-    varint is at least one byte, so the figures are lower bounds: a refusal is always right.
-    """
-
-    rows: dict[str, tuple[int | None, int, int]]
-    before: bool  # some request could exceed the bound with static outputs alone: check before running
-    after: bool  # some output is dynamic: check the arrays after the run
-    limit: int
-
-    @classmethod
-    def of(cls, spec: ModelSpec, limits: RequestLimits) -> ResponseBound:
-        rows = {}
-        for t in spec.outputs:
-            dt = t.datatype
-            static = all(d >= 0 for d in t.dims) and dt.name != "BYTES" and dt.itemsize
-            typed = dt.itemsize if dt.contents_field in ("fp32_contents", "fp64_contents") else 1
-            rows[t.name] = (math.prod(t.dims) if static else None, dt.itemsize or 1, typed)
-        most = sum(n * raw for n, raw, _ in rows.values() if n is not None) * max(spec.max_batch_size, 1)
-        after = any(n is None for n, _, _ in rows.values())
-        return cls(rows, most > limits.max_response_bytes, after, limits.max_response_bytes)
-
-    def check(self, prep: PreparedRequest, arrays: list | None = None) -> None:
-        """Before the run (``arrays`` None): the static outputs' size; after it: every array's."""
-        total, parts = 0, []
-        for i, name in enumerate(prep.output_names):
-            if prep.shm is not None and name in prep.shm.targets:
-                continue  # written into the client's region, not into the response
-            n, raw, typed = self.rows[name]
-            per = raw if prep.raw_output else typed
-            if arrays is not None:
-                arr = arrays[i]
-                if arr.dtype == object:  # BYTES: a length prefix (raw) or tag and length (typed) each
-                    size = arr.size * (4 if prep.raw_output else 2) + sum(map(len, arr.flat))
-                else:
-                    size = arr.size * per
-            elif n is None:
-                continue
-            else:
-                size = n * max(prep.batch_size, 1) * per
-            total += size
-            parts.append(f"'{name}' {size}")
-        if total > self.limit:
-            raise ResourceExhausted(
-                f"the response would hold at least {total} bytes ({', '.join(parts)}), above this server's largest "
-                f"message of {self.limit} bytes (--max-message-mb); ask for fewer outputs or a smaller batch")
-
-
 @dataclass
 class PreparedRequest:
+    """A request checked and turned into ONNX Runtime feeds (views of the request's bytes where possible)."""
+
     feeds: dict[str, np.ndarray]
     output_names: list[str]
     batch_size: int  # 0 for models that do not batch
     raw_output: bool
     misaligned: int  # inputs copied because their view was not aligned to their dtype's size
     shm: ShmOutputs | None = None  # outputs written into shared-memory regions (leased until the answer)
+    # Scratch buffers the feeds live in (server/scratch.py's rule: the request's until its execution is over).
+    scratch: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -188,13 +106,15 @@ class FastLane:
                    frozenset(t.name for t in spec.outputs if t.datatype.contents_field is None))
 
 
-def prepare_fast(request: InferRequest, lane: FastLane) -> PreparedRequest | None:
+def prepare_fast(request: InferRequest, lane: FastLane, scratch: ScratchPool) -> PreparedRequest | None:
     """The common request, prepared in a few microseconds: every input given once in raw form, with
     the model's datatype and a shape it accepts, outputs requested without parameters.
 
     Returns None for anything else (an error included); :func:`prepare` then handles it and raises
     the precise message. So this lane may only accept what ``prepare`` accepts, and must produce
-    what ``prepare`` produces (tests/test_validation.py holds the two to that).
+    what ``prepare`` produces (tests/server/test_validation.py holds the two to that). Misaligned views are
+    copied into ``scratch`` buffers only once the whole request is accepted, so a request that leaves the
+    lane has taken none.
     """
     raws = request.raw_input_contents
     inputs = request.inputs
@@ -202,22 +122,13 @@ def prepare_fast(request: InferRequest, lane: FastLane) -> PreparedRequest | Non
     if n == 0 or n != len(raws) or n != len(lane.inputs):  # an empty lane takes nothing
         return None
     # Outputs first: they are cheap to check, and a request that leaves the lane over them must not have
-    # paid for its inputs' views and copies twice.
-    raw_output = request.parameters.get(BINARY_DATA_OUTPUT, True) is not False
-    if request.outputs:
-        names = []
-        for out in request.outputs:
-            if out.parameters or out.name not in lane.outputs or out.name in names:
-                return None
-            names.append(out.name)
-    else:
-        names = list(lane.outputs)
-    if not raw_output and lane.untyped_outputs.intersection(names):
+    # paid for its inputs' views twice.
+    names = _lane_outputs(request, lane)
+    if names is None:
         return None
     mbs = lane.max_batch_size
     feeds: dict[str, np.ndarray] = {}
     batch = 0
-    misaligned = 0
     for i in range(n):
         inp = inputs[i]
         want = lane.inputs.get(inp.name)
@@ -235,18 +146,43 @@ def prepare_fast(request: InferRequest, lane: FastLane) -> PreparedRequest | Non
             if rows < 1 or rows > mbs or (batch and rows != batch):
                 return None
             batch = rows
-        raw = raws[i]
         count = math.prod(shape)
-        if memoryview(raw).nbytes != count * itemsize:
+        if memoryview(raws[i]).nbytes != count * itemsize:
             return None
-        arr = np.frombuffer(raw, dtype, count).reshape(shape)
-        if not arr.flags.aligned:
-            arr = aligned_copy(arr, i)
-            misaligned += 1
-        feeds[inp.name] = arr
+        feeds[inp.name] = np.frombuffer(raws[i], dtype, count).reshape(shape)
     if len(feeds) != n:  # a name given twice
         return None
-    return PreparedRequest(feeds, names, batch, raw_output, misaligned)
+    raw_output = request.parameters.get(BINARY_DATA_OUTPUT, True) is not False
+    prep = PreparedRequest(feeds, names, batch, raw_output, 0)
+    for name, arr in feeds.items():
+        if not arr.flags.aligned:
+            feeds[name] = _realigned(arr, prep, scratch)
+    return prep
+
+
+def _lane_outputs(request: InferRequest, lane: FastLane) -> list[str] | None:
+    """The outputs to compute if the lane can take the request's output side, else None."""
+    raw_output = request.parameters.get(BINARY_DATA_OUTPUT, True) is not False
+    if request.outputs:
+        names = []
+        for out in request.outputs:
+            if out.parameters or out.name not in lane.outputs or out.name in names:
+                return None
+            names.append(out.name)
+    else:
+        names = list(lane.outputs)
+    if not raw_output and lane.untyped_outputs.intersection(names):
+        return None
+    return names
+
+
+def _realigned(arr: np.ndarray, prep: PreparedRequest, scratch: ScratchPool) -> np.ndarray:
+    """A misaligned view copied into a scratch buffer the request holds: ONNX Runtime takes a slow path on
+    misaligned data and a copy is cheaper (bench/results/fastpath/alignment.md)."""
+    buf = scratch.take(arr.nbytes)
+    prep.scratch.append(buf)
+    prep.misaligned += 1
+    return aligned_copy(arr, buf)
 
 
 def _describe_inputs(spec: ModelSpec) -> str:
@@ -293,14 +229,28 @@ def _bytes_as_text(arr: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
-def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFAULT_LIMITS,
-            regions: SharedMemoryRegistry | None = None) -> PreparedRequest:
+def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits, regions: SharedMemoryRegistry,
+            scratch: ScratchPool) -> PreparedRequest:
     """Validate ``request`` against ``spec``; return ORT feeds (views of the request where possible).
 
-    Inputs that name a shared-memory region (``regions``) are read from it; raw_input_contents then hold
-    one entry per other input, in input order (Triton's rule). Outputs that name a region get it leased
-    in the result's ``shm``; a failure here releases what was leased.
+    Inputs that name a shared-memory region (in ``regions``) are read from it; raw_input_contents then hold
+    one entry per other input, in input order (Triton's rule). Outputs that name a region get it leased in
+    the result's ``shm``. A failure gives back whatever the request had taken (leases, scratch buffers).
     """
+    prep = PreparedRequest({}, [], 0, True, 0)
+    try:
+        _prepare_inputs(request, spec, limits, regions, scratch, prep)
+        prep.output_names, prep.raw_output = _requested_outputs(request, spec)
+        prep.shm = shm_outputs(request, spec, prep.batch_size, regions)
+    except BaseException:
+        scratch.give_back(prep.scratch)
+        raise
+    return prep
+
+
+def _prepare_inputs(request: InferRequest, spec: ModelSpec, limits: RequestLimits, regions: SharedMemoryRegistry,
+                    scratch: ScratchPool, prep: PreparedRequest) -> None:
+    """Every input checked and turned into a feed of ``prep``; its batch size set."""
     shm_in = {i: ref for i, inp in enumerate(request.inputs)
               if inp.parameters and (ref := shm_ref(inp.parameters, inp.name)) is not None}
     n_raw = len(request.raw_input_contents)
@@ -310,9 +260,8 @@ def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFA
             f"raw_input_contents has {n_raw} entries but the request has {n_plain} inputs not in shared memory; "
             "send one entry per such input, in input order"
         )
-    feeds: dict[str, np.ndarray] = {}
+    feeds = prep.feeds
     batch: int | None = None
-    misaligned = 0
     budget = [limits.max_response_bytes]  # what shared-memory inputs may make this request hold
     raw_index = 0  # raw_input_contents skips the inputs in shared memory
     for i, inp in enumerate(request.inputs):
@@ -324,18 +273,14 @@ def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFA
                 )
             batch = inp.shape[0]
         if i in shm_in:
-            arr = _shm_input_array(request, i, shm_in[i], t.datatype, limits, budget, regions)
+            arr = shm_input_array(request, i, shm_in[i], t.datatype, limits, budget, regions, _taker(prep, scratch))
         else:
             arr = _input_array(request, i, raw_index, t.datatype, limits)
             raw_index += 1
         if t.datatype.name == "BYTES":
             arr = _bytes_as_text(arr, inp.name)
         elif not arr.flags.aligned:
-            # Raw views start wherever the field sits in the message; ONNX Runtime takes a slow path on
-            # them and a copy is cheaper (bench/results/README.md, section 4, `tensorwire bench alignment`).
-            # So copy, into this handler thread's reused scratch buffer.
-            arr = aligned_copy(arr, i)
-            misaligned += 1
+            arr = _realigned(arr, prep, scratch)
         feeds[inp.name] = arr
     missing = [t.name for t in spec.inputs if t.name not in feeds and not t.optional]
     if missing:
@@ -343,59 +288,17 @@ def prepare(request: InferRequest, spec: ModelSpec, limits: RequestLimits = DEFA
             f"missing input(s) {', '.join(missing)} for model '{spec.name}'; expected inputs: "
             f"{_describe_inputs(spec)}"
         )
-    names, raw_output = _requested_outputs(request, spec)
-    shm = _shm_outputs(request, spec, batch or 0, regions)
-    return PreparedRequest(feeds, names, batch or 0, raw_output, misaligned, shm)
+    prep.batch_size = batch or 0
 
 
-def _shm_input_array(request: InferRequest, i: int, ref: ShmRef, dt, limits: RequestLimits, budget: list[int],
-                     regions: SharedMemoryRegistry | None) -> np.ndarray:
-    """Input ``i``'s data read from its shared-memory region, held to the same checks as raw bytes; sizes
-    are checked before a byte is read, and all of a request's shared-memory inputs together are bounded by
-    the largest message (they stand for bytes that would otherwise have come in it)."""
-    inp = request.inputs[i]
-    where = f"input '{inp.name}'"
-    regions = checked(regions)
-    if inp.contents:
-        raise InvalidArgument(f"unexpected 'content' provided when using shared memory for input tensor "
-                              f"'{inp.name}' for model '{request.model_name}'")
-    count = element_count(inp.shape)
-    if dt.name == "BYTES":
-        check_bytes_elements(count, where, limits)
-    elif ref.byte_size != count * dt.itemsize:
-        raise InvalidArgument(
-            f"{where}: shared_memory_byte_size is {ref.byte_size}, but shape {format_shape(inp.shape)} of {dt.name} "
-            f"needs {count * dt.itemsize} bytes ({count} elements x {dt.itemsize} bytes)")
-    if ref.byte_size > budget[0]:
-        raise ResourceExhausted(
-            f"{where}: {ref.byte_size} bytes from shared memory would take this request past this server's bound "
-            f"of {limits.max_response_bytes} bytes per request (--max-message-mb)")
-    budget[0] -= ref.byte_size
-    return array_from_raw(read_input(regions, ref, i), dt, inp.shape, where)
+def _taker(prep: PreparedRequest, scratch: ScratchPool) -> Callable[[int], np.ndarray]:
+    """A function that takes a scratch buffer for ``prep`` (which gives it back when its execution is over)."""
+    def take(nbytes: int) -> np.ndarray:
+        buf = scratch.take(nbytes)
+        prep.scratch.append(buf)
+        return buf
 
-
-def _shm_outputs(request: InferRequest, spec: ModelSpec, batch: int,
-                 regions: SharedMemoryRegistry | None) -> ShmOutputs | None:
-    """The requested outputs to write into shared memory, leased; an output whose dims are all static is
-    checked against its region's size now, before the model runs."""
-    shm = None
-    try:
-        for out in request.outputs:
-            ref = shm_ref(out.parameters, out.name) if out.parameters else None
-            if ref is None:
-                continue
-            if shm is None:
-                shm = ShmOutputs()
-            shm.add(checked(regions), out.name, ref)
-            t = spec.output_by_name[out.name]
-            if all(d >= 0 for d in t.dims) and t.datatype.name != "BYTES" and t.datatype.itemsize:
-                rows = max(batch, 1) if spec.max_batch_size > 0 else 1
-                shm.check_size(out.name, math.prod(t.dims) * rows * t.datatype.itemsize)
-    except BaseException:
-        if shm is not None:
-            shm.release()
-        raise
-    return shm
+    return take
 
 
 def _declared_input(spec: ModelSpec, inp, seen: dict) -> TensorSpec:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tensorwire.errors import DeadlineExceeded
-from tensorwire.server.model import ANY_CALLER, Call
+from tensorwire.server.call import ANY_CALLER, Call
 from tensorwire.server.scheduler import DirectScheduler, DynamicBatcher
 from tensorwire.server.statistics import ModelStatistics
 from tensorwire.server.validation import PreparedRequest

@@ -18,15 +18,22 @@ from tensorwire.errors import InvalidArgument, ResourceExhausted
 from tensorwire.proto.datatypes import DATATYPES
 from tensorwire.proto.messages import InferRequest, InputTensor, RequestedOutput
 from tensorwire.server.model_config import ModelSpec, TensorSpec
-from tensorwire.server.validation import (
-    FastLane,
-    PreparedRequest,
-    RequestLimits,
-    ResponseBound,
-    contents_check,
-    prepare,
-    prepare_fast,
-)
+from tensorwire.server.request_limits import DEFAULT_LIMITS, RequestLimits, ResponseBound
+from tensorwire.server.scratch import ScratchPool
+from tensorwire.server.shared_memory import NO_REGIONS
+from tensorwire.server.validation import FastLane, PreparedRequest, contents_check
+from tensorwire.server.validation import prepare as general_prepare
+from tensorwire.server.validation import prepare_fast as lane_prepare
+
+SCRATCH = ScratchPool()
+
+
+def prepare(request, spec, limits=DEFAULT_LIMITS):
+    return general_prepare(request, spec, limits, NO_REGIONS, SCRATCH)
+
+
+def prepare_fast(request, lane):
+    return lane_prepare(request, lane, SCRATCH)
 
 
 def spec_of(inputs: list[tuple[str, str, tuple]], max_batch_size: int = 4, outputs=("out",),

@@ -1,4 +1,4 @@
-"""Intra-op threads chosen at load time (tensorwire.server.threads) and reported in ModelConfig."""
+"""Intra-op threads chosen at load time (tensorwire.server.thread_tuning) and reported in ModelConfig."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 from tensorwire import proto as pb
 from tensorwire.bench.fastpath_e2e import image_model, mlp_model
 from tensorwire.proto.datatypes import DATATYPES
-from tensorwire.server import threads
+from tensorwire.server import thread_tuning as threads
 from tensorwire.server.affinity import usable_cpus
 from tensorwire.server.model_config import ModelSpec, TensorSpec
 from tensorwire.server.repository import ModelRepository

@@ -1,0 +1,52 @@
+"""What a model needs to know about the caller of one request, whatever the transport carried it.
+
+A transport builds one ``Call`` per request: ``Call.of_grpc`` for grpcio's servicer context; the C-core
+serving loop and the HTTP server build theirs from their own call state. The model reads only these three
+facts: when the caller stops waiting (``deadline``), whether it still waits (``is_active``), and a way to be
+told the moment it stops (``on_end``), which lets a queued request leave at once when its client goes away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# grpcio reports "no deadline" as a time_remaining() of about 2**63 seconds.
+_NO_DEADLINE_S = 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The caller of one request: ``deadline`` is a time.monotonic() instant (None: no deadline),
+    ``is_active`` tells whether the caller still waits (None: always), ``on_end`` (optional) registers a
+    function to run when the call ends (cancelled, timed out or answered) and returns False if it already
+    ended."""
+
+    deadline: float | None = None
+    is_active: Callable[[], bool] | None = None
+    on_end: Callable[[Callable[[], None]], bool] | None = None
+
+    @classmethod
+    def of_grpc(cls, context) -> Call:
+        """The caller behind a grpcio ``ServicerContext``."""
+        return cls(deadline_in(context.time_remaining()), context.is_active, context.add_callback)
+
+    def remaining(self) -> float | None:
+        """Seconds left (never negative), or None without a deadline."""
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def abandoned(self) -> bool:
+        """The deadline passed or the caller cancelled: nothing should be computed for it any more."""
+        return self.expired() or (self.is_active is not None and not self.is_active())
+
+
+def deadline_in(seconds: float | None) -> float | None:
+    """The monotonic instant ``seconds`` from now; None for no deadline (None, or grpcio's ~2**63 s)."""
+    return None if seconds is None or seconds > _NO_DEADLINE_S else time.monotonic() + seconds
+
+
+ANY_CALLER = Call()
