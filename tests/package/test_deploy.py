@@ -29,8 +29,8 @@ from models import ADD_SUB_CONFIG, add_sub_model, write_model
 from tensorwire import proto as pb
 from tensorwire.cli import build_parser
 from tensorwire.launcher import launch
-from tensorwire.server.app import LIVENESS_SERVICE
 from tensorwire.server.flags import settings_from_args
+from tensorwire.server.grpc_methods import LIVENESS_SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
