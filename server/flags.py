@@ -115,8 +115,8 @@ def check_settings(s: ServerSettings) -> None:
             "a worker that never saw its region's registration; use one worker (docs/shared-memory.md)")
     if s.workers < 1:
         raise SettingsError(f"--workers must be at least 1, got {s.workers}")
-    for name in ("limit_instance_count", "limit_thread_count", "limit_max_batch_size", "limit_queue_size",
-                 "limit_queue_delay_us", "limit_warmup_mb", "max_message_mb", "max_concurrent_rpcs",
+    for name in ("limit_instance_count", "limit_thread_count", "limit_load_threads", "limit_max_batch_size",
+                 "limit_queue_size", "limit_queue_delay_us", "limit_warmup_mb", "max_message_mb", "max_concurrent_rpcs",
                  "grpc_max_concurrent_streams", "max_bytes_elements", "max_typed_contents_mb",
                  "limit_shared_memory_regions", "limit_shared_memory_mb"):
         if getattr(s, name) <= 0:

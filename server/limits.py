@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tensorwire.errors import InvalidArgument, ModelLoadError
 from tensorwire.proto.datatypes import BY_CONFIG_ENUM
+from tensorwire.server.affinity import usable_cpus
 from tensorwire.server.settings import ServerSettings
 
 MAX_NAME_LENGTH = 128
@@ -89,6 +90,21 @@ def _warmup_bytes(cfg) -> int:
     return total
 
 
+def check_load_threads(cfg, versions: int, s: ServerSettings) -> None:
+    """The threads one load creates, versions x instances x (intra-op + inter-op threads per session), within
+    ``--limit-load-threads``: each bound alone is sane, their product is not (64 instances x 256 threads)."""
+    instances = sum(int(g.count) for g in cfg.instance_group)
+    intra = _thread_parameter(cfg, "intra_op_thread_count") or s.intra_op_threads or max(
+        1, (s.session_cpus or usable_cpus()) // instances)
+    inter = _thread_parameter(cfg, "inter_op_thread_count") or s.inter_op_threads
+    threads = versions * instances * (intra + inter)
+    if threads > s.limit_load_threads:
+        raise ModelLoadError(
+            f"model '{cfg.name}': loading it would create {threads} ONNX Runtime threads ({versions} version(s) x "
+            f"{instances} instance(s) x ({intra} intra-op + {inter} inter-op)), above this server's bound "
+            f"{s.limit_load_threads} (--limit-load-threads)")
+
+
 def _thread_parameter(cfg, key: str) -> int:
     if key not in cfg.parameters:
         return 0
@@ -99,9 +115,21 @@ def _thread_parameter(cfg, key: str) -> int:
         raise ModelLoadError(f"model '{cfg.name}': parameter {key} must be an integer, got {quoted(text)}") from None
 
 
+def normalise_instance_groups(cfg) -> None:
+    """Triton's rule, applied before any bound is checked: a group's ``count`` below 1 means one instance and
+    no group means one group of one, so the bounds see what will be opened and ModelConfig reports it."""
+    if not cfg.instance_group:
+        cfg.instance_group.add(count=1)
+    for group in cfg.instance_group:
+        if group.count < 1:
+            group.count = 1
+
+
 def check_config_limits(cfg, s: ServerSettings) -> None:
-    """Every costly value of ``cfg`` within the server's bounds (ModelLoadError, INVALID_ARGUMENT, if not)."""
+    """Every costly value of ``cfg`` within the server's bounds (ModelLoadError, INVALID_ARGUMENT, if not);
+    ``cfg``'s instance groups are normalised first."""
     name = cfg.name
+    normalise_instance_groups(cfg)
     instances = sum(int(g.count) for g in cfg.instance_group)
     _at_most(name, "the instance count of instance_group", instances, s.limit_instance_count, "--limit-instance-count")
     for key in ("intra_op_thread_count", "inter_op_thread_count"):

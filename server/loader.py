@@ -24,8 +24,8 @@ log = logging.getLogger("tensorwire.loader")
 
 
 def instance_count(cfg) -> int:
-    """Instances the config's instance groups ask for (at least one)."""
-    return max(1, sum(max(g.count, 1) for g in cfg.instance_group) if cfg.instance_group else 1)
+    """Instances the config's instance groups open (normalised by limits.normalise_instance_groups)."""
+    return sum(g.count for g in cfg.instance_group)
 
 
 def _threads_fixed(cfg, settings: ServerSettings) -> bool:

@@ -18,7 +18,14 @@ from pathlib import Path
 
 from tensorwire import proto as pb
 from tensorwire.errors import ModelLoadError, NotFound, RequestError, Unavailable
-from tensorwire.server.limits import check_config_limits, check_model_name, contained, quoted, valid_model_name
+from tensorwire.server.limits import (
+    check_config_limits,
+    check_load_threads,
+    check_model_name,
+    contained,
+    quoted,
+    valid_model_name,
+)
 from tensorwire.server.loader import load_model_version
 from tensorwire.server.logs import event
 from tensorwire.server.model import Model
@@ -169,6 +176,7 @@ class ModelRepository:
             if not available:
                 raise ModelLoadError(f"model '{name}' has no version directory (e.g. {name}/1/model.onnx)")
             versions = versions_to_load(cfg, available)
+            check_load_threads(cfg, len(versions), self.settings)
             if config_json is not None:
                 for v in versions:
                     contained(model_dir / str(v), cfg.default_model_filename or DEFAULT_MODEL_FILENAME, name)

@@ -129,6 +129,9 @@ class ServerSettings:
         64, help="most instances (ORT sessions) one model version may ask for in instance_group")
     limit_thread_count: int = setting(
         256, help="most intra-op or inter-op threads a config parameter may ask for")
+    limit_load_threads: int = setting(
+        1024, help="most ONNX Runtime threads one load may create: versions x instances x (intra-op + inter-op "
+        "threads per session)")
     limit_max_batch_size: int = setting(4096, help="largest max_batch_size (and preferred_batch_size) a config may set")
     limit_queue_delay_us: int = setting(
         10_000_000, help="largest dynamic_batching.max_queue_delay_microseconds a config may set")

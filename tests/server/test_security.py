@@ -126,15 +126,22 @@ def test_operator_links_keep_working(tmp_path):
         assert c.infer("add_sub", _inputs(0.0)).as_numpy("OUTPUT0")[0, 0] == 5.0
 
 
-COSTLY = {
-    "--limit-instance-count": {"instance_group": [{"count": 150, "kind": "KIND_CPU"}]},
-    "--limit-thread-count": {"parameters": {"intra_op_thread_count": {"string_value": "2000"}}},
-    "--limit-warmup-mb": {"model_warmup": [{"name": "w", "batch_size": 1, "inputs": {"INPUT0": {
-        "data_type": "TYPE_FP32", "dims": [250_000_000], "zero_data": True}}}]},
-    "--limit-queue-delay-us": {"dynamic_batching": {"max_queue_delay_microseconds": str(2**64 - 1)}},
-    "--limit-queue-size": {"dynamic_batching": {"default_queue_policy": {"max_queue_size": 2**31 - 1}}},
-    "--limit-max-batch-size": {"max_batch_size": 2**31 - 1},
-}
+COSTLY = [
+    ("--limit-instance-count", {"instance_group": [{"count": 150, "kind": "KIND_CPU"}]}),
+    # a count below 1 opens one instance (Triton's rule): the bound counts what opens, not the sum
+    ("--limit-instance-count", {"instance_group": [{"count": 100}, {"count": -99}]}),
+    ("--limit-instance-count", {"instance_group": [{"count": 300}, {"count": -300}]}),
+    ("--limit-instance-count", {"instance_group": [{"kind": "KIND_CPU"}] * 100}),
+    ("--limit-thread-count", {"parameters": {"intra_op_thread_count": {"string_value": "2000"}}}),
+    # each within its own bound, their product is not
+    ("--limit-load-threads", {"instance_group": [{"count": 64}],
+                              "parameters": {"intra_op_thread_count": {"string_value": "256"}}}),
+    ("--limit-warmup-mb", {"model_warmup": [{"name": "w", "batch_size": 1, "inputs": {"INPUT0": {
+        "data_type": "TYPE_FP32", "dims": [250_000_000], "zero_data": True}}}]}),
+    ("--limit-queue-delay-us", {"dynamic_batching": {"max_queue_delay_microseconds": str(2**64 - 1)}}),
+    ("--limit-queue-size", {"dynamic_batching": {"default_queue_policy": {"max_queue_size": 2**31 - 1}}}),
+    ("--limit-max-batch-size", {"max_batch_size": 2**31 - 1}),
+]
 
 
 def test_costly_overrides_are_refused_before_they_cost_anything(repo):
@@ -142,14 +149,24 @@ def test_costly_overrides_are_refused_before_they_cost_anything(repo):
         c = grpcclient.InferenceServerClient(s.address)
         assert c.infer("add_sub", _inputs()).as_numpy("OUTPUT0")[0, 0] == 2.0
         rss, threads = _rss_kib(s.process.pid), _threads(s.process.pid)
-        for flag, override in COSTLY.items():
-            for _ in range(3):
+        for flag, override in COSTLY:
+            for _ in range(2):
                 message = _refused(lambda o=override: c.load_model("add_sub", config=json.dumps(o)))
                 assert flag in message and "add_sub" in message, message
         assert _rss_kib(s.process.pid) - rss < 50 * 1024
         assert _threads(s.process.pid) <= threads + 2
         assert c.is_model_ready("add_sub") and c.infer("add_sub", _inputs()).as_numpy("OUTPUT0")[0, 0] == 2.0
         assert c.is_server_live()
+
+
+def test_instance_groups_are_normalised_as_triton_does(repo):
+    """A group without a count (or below 1) is one instance, and ModelConfig reports the counts opened."""
+    with start_server(repo, *EXPLICIT) as s:
+        c = grpcclient.InferenceServerClient(s.address)
+        c.load_model("add_sub", config=json.dumps({"instance_group": [{"kind": "KIND_CPU"}, {"count": -3}]}))
+        groups = c.get_model_config("add_sub", as_json=True)["config"]["instance_group"]
+        assert [int(g["count"]) for g in groups] == [1, 1]
+        assert c.infer("add_sub", _inputs()).as_numpy("OUTPUT0")[0, 0] == 2.0
 
 
 def test_a_costly_config_on_disk_is_refused_too(tmp_path):
