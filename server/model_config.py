@@ -7,7 +7,9 @@ repository of ONNX models loads unchanged. What the server acts on is condensed 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +59,10 @@ class ModelSpec:
 MAX_BATCH_SIZE_UNSET = -1
 
 
+# A real config.pbtxt is a few KiB; one larger than this is refused before it is read.
+MAX_CONFIG_FILE_BYTES = 1 << 20
+
+
 def _mark_max_batch_size(cfg, written: bool, where: str) -> None:
     if not written:
         cfg.max_batch_size = MAX_BATCH_SIZE_UNSET
@@ -64,18 +70,54 @@ def _mark_max_batch_size(cfg, written: bool, where: str) -> None:
         raise ModelLoadError(f"{where}: max_batch_size must be >= 0, got {cfg.max_batch_size}")
 
 
+def _read_bounded(fd: int, limit: int) -> bytes:
+    chunks, total = [], 0
+    while total <= limit:
+        chunk = os.read(fd, min(1 << 16, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def read_config_file(path: Path, where: str) -> str | None:
+    """The text of a repository's config file, None if there is none. Opened without blocking and read only
+    if it is a regular file of at most MAX_CONFIG_FILE_BYTES: a FIFO would block the poller forever, a link
+    to /dev/zero would be read without end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ModelLoadError(f"{where}: cannot be opened ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ModelLoadError(f"{where}: not a regular file (a FIFO, device or directory is not a config)")
+        data = _read_bounded(fd, MAX_CONFIG_FILE_BYTES)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise ModelLoadError(f"{where}: larger than the {MAX_CONFIG_FILE_BYTES}-byte bound of a config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"{where}: not UTF-8 text") from None
+
+
 def read_model_config(model_dir: Path):
     """The config.pbtxt of ``model_dir`` parsed (an empty config if the file is absent)."""
     cfg = pb.ModelConfig()
-    written = False
-    path = model_dir / CONFIG_FILE
     where = f"model '{model_dir.name}': {CONFIG_FILE}"
-    if path.exists():
-        text = path.read_text()
+    text = read_config_file(model_dir / CONFIG_FILE, where)
+    written = False
+    if text is not None:
         try:
             text_format.Parse(text, cfg)
         except text_format.ParseError as exc:
             raise ModelLoadError(f"{where}: not a valid model configuration: {exc}") from None
+        except RecursionError:
+            raise ModelLoadError(f"{where}: nested too deeply to be a model configuration") from None
         written = re.search(r"^\s*max_batch_size\s*:", text, re.M) is not None
     if cfg.name and cfg.name != model_dir.name:
         raise ModelLoadError(
@@ -94,6 +136,9 @@ def config_from_json(name: str, config_json: str):
         json_format.Parse(config_json, cfg)
     except (ValueError, json_format.ParseError) as exc:
         raise InvalidArgument(f"model '{name}': the 'config' parameter is not a ModelConfig: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(f"model '{name}': the 'config' parameter is nested too deeply to be a ModelConfig "
+                              "(JSON objects or arrays inside each other)") from None
     if cfg.name and cfg.name != name:
         raise InvalidArgument(f"model '{name}': the 'config' parameter names the model '{cfg.name}'; they must match")
     cfg.name = name

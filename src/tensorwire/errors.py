@@ -16,10 +16,21 @@ class TensorwireError(Exception):
     """Base class: a failure with a message meant for the person or client that caused it."""
 
 
+# A message quotes what a client sent (a config's dims, a name); cut, it still says what was wrong, and a
+# client cannot make the server echo megabytes back.
+MAX_MESSAGE_CHARS = 2048
+
+
 class RequestError(TensorwireError):
-    """A request failed; ``code`` is the gRPC status the server answers with (a class attribute)."""
+    """A request failed; ``code`` is the gRPC status the server answers with (a class attribute). The
+    message is cut to MAX_MESSAGE_CHARS characters."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str = "", *args) -> None:
+        if isinstance(message, str) and len(message) > MAX_MESSAGE_CHARS:
+            message = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} characters cut)"
+        super().__init__(message, *args)
 
 
 class InvalidArgument(RequestError):

@@ -181,6 +181,53 @@ def test_a_costly_config_on_disk_is_refused_too(tmp_path):
         assert grpcclient.InferenceServerClient(s.address).is_model_ready("add_sub")
 
 
+def _special_config_files(repo: Path) -> dict[str, str]:
+    """Models whose config.pbtxt is a FIFO, a link to /dev/zero, and 100,000 dims: {model: what its
+    reason must say}."""
+    for name in ("fifo", "zero", "dims"):
+        write_model(repo, name, add_sub_model(), ADD_SUB_CONFIG)
+        (repo / name / "config.pbtxt").unlink()
+    os.mkfifo(repo / "fifo" / "config.pbtxt")
+    (repo / "zero" / "config.pbtxt").symlink_to("/dev/zero")
+    many = ADD_SUB_CONFIG.replace('name: "add_sub"', "").replace(
+        "dims: [ 16 ]", "dims: [ " + ", ".join(["1"] * 100_000) + " ]", 1)
+    assert len(many) > 200_000
+    (repo / "dims" / "config.pbtxt").write_text(many)
+    return {"fifo": "not a regular file", "zero": "not a regular file", "dims": "characters cut"}
+
+
+def test_special_or_huge_config_files_are_refused_without_blocking(repo):
+    """A FIFO would block the poller forever and a link to /dev/zero be read without end; a 100k-dims config
+    would be echoed back whole. Each is refused with a short message, and the server polls and stops."""
+    from clients import wait_until
+
+    expected = _special_config_files(repo)
+    with start_server(repo, "--model-control-mode", "poll", "--repository-poll-secs", "0.5",
+                      "--no-strict-readiness", "--no-exit-on-error") as s:
+        c = grpcclient.InferenceServerClient(s.address)
+        index = {m["name"]: m for m in c.get_model_repository_index(as_json=True)["models"]}
+        for name, says in expected.items():
+            assert index[name]["state"] == "UNAVAILABLE" and says in index[name]["reason"], index[name]
+            assert len(index[name]["reason"]) < 2200, len(index[name]["reason"])
+        assert c.infer("add_sub", _inputs()).as_numpy("OUTPUT0")[0, 0] == 2.0
+        staging = write_model(repo.parent / "staging", "later", add_sub_model(offset=7.0),
+                              ADD_SUB_CONFIG.replace('name: "add_sub"', ""))
+        os.rename(staging, repo / "later")  # polling goes on
+        wait_until(lambda: c.is_model_ready("later"), "a model added after the special files is loaded")
+    assert "Traceback" not in s.log()
+
+
+def test_deeply_nested_config_json_is_refused_without_a_traceback(repo):
+    with start_server(repo, *EXPLICIT) as s:
+        c = grpcclient.InferenceServerClient(s.address)
+        for nested in ('{"parameters":' * 100_000 + "{}" + "}" * 100_000, "[" * 100_000 + "]" * 100_000):
+            message = _refused(lambda n=nested: c.load_model("add_sub", config=n[:1_000_000]))
+            assert "nested too deeply" in message or "not a ModelConfig" in message, message[:300]
+            assert len(message) < 2200
+        assert c.infer("add_sub", _inputs()).as_numpy("OUTPUT0")[0, 0] == 2.0
+    assert "Traceback" not in s.log() and "RecursionError" not in s.log()
+
+
 def test_model_names_are_checked_before_the_file_system(repo):
     long_name = "m" * 300
     with start_server(repo, *EXPLICIT) as s:
