@@ -150,3 +150,59 @@ def test_shutdown_report_says_what_the_grace_cut(tmp_path):
     assert any(e is not None for e in errors)
     last = s.log().strip().splitlines()[-1]
     assert "were cut by the 0.2 s grace" in last and "stopped cleanly" not in last, last
+
+
+def _idle_streams(address: str, connections: int, streams: int, release: threading.Event) -> list:
+    """``streams`` ModelStreamInfer calls spread over ``connections`` connections, none sending a request
+    until ``release`` is set."""
+    def nothing_until_released():
+        release.wait()
+        return
+        yield
+
+    channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(connections)]
+    calls = []
+    for i in range(streams):
+        open_stream = channels[i % connections].stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        calls.append(open_stream(nothing_until_released()))
+    return channels + calls
+
+
+def _admission_full(address: str) -> bool:
+    try:
+        InferenceClient(address).infer("add_sub", X)
+    except Exception as exc:  # the client raises our ResourceExhausted error with the server's message
+        return "Concurrent RPC limit exceeded" in str(exc)
+    return False
+
+
+@pytest.mark.slow
+def test_health_answers_while_admission_is_full(repo):
+    """1,100 idle streams take every admitted RPC (--max-concurrent-rpcs 1024): inferences are refused, but
+    another client's ServerLive, ServerReady, ModelReady and grpc.health.v1 Check and Watch still answer,
+    so a liveness probe does not restart a server that is merely busy; once the streams close, inferences
+    succeed again."""
+    from clients import wait_until
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    release = threading.Event()
+    with start_server(repo) as s:
+        held = _idle_streams(s.address, 8, 1100, release)
+        try:
+            wait_until(lambda: _admission_full(s.address), "the idle streams fill the admission bound")
+            c = grpcclient.InferenceServerClient(s.address)
+            assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("add_sub")
+            with grpc.insecure_channel(s.address) as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                serving = health_pb2.HealthCheckResponse.SERVING
+                assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == serving
+                watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+                assert next(watch).status == serving
+                watch.cancel()
+        finally:
+            release.set()
+            for item in held:
+                (item.cancel if hasattr(item, "cancel") else item.close)()
+        wait_until(lambda: not _admission_full(s.address), "inferences are admitted again")
+        _check_answer(InferenceClient(s.address))
