@@ -59,6 +59,17 @@ def identity_model(elem: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def row_sum_model() -> onnx.ModelProto:
+    """Y[b, 0] = sum of X[b, :]: a large input, a small answer (what tests of request memory want)."""
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["X", "AXES"], ["Y"], keepdims=1)], "row_sum",
+        [_vi("X", f, ["batch", "n"])], [_vi("Y", f, ["batch", 1])],
+        initializer=[helper.make_tensor("AXES", TensorProto.INT64, [1], [1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
 def cast_model() -> onnx.ModelProto:
     """INT64 token ids and an FP32 mask in; FP32 (ids * mask) and INT64 (ids + 1) out."""
     graph = helper.make_graph(
