@@ -1,9 +1,10 @@
 """What a model needs to know about the caller of one request, whatever the transport carried it.
 
 A transport builds one ``Call`` per request: ``Call.of_grpc`` for grpcio's servicer context; the C-core
-serving loop and the HTTP server build theirs from their own call state. The model reads only these three
+serving loop and the HTTP server build theirs from their own call state. The model reads only these
 facts: when the caller stops waiting (``deadline``), whether it still waits (``is_active``), and a way to be
-told the moment it stops (``on_end``), which lets a queued request leave at once when its client goes away.
+told the moment it stops (``on_end``), which lets a queued request leave at once when its client goes away;
+and the shared-memory token it presented (``shm_token``), when the server requires one.
 """
 
 from __future__ import annotations
@@ -26,11 +27,17 @@ class Call:
     deadline: float | None = None
     is_active: Callable[[], bool] | None = None
     on_end: Callable[[Callable[[], None]], bool] | None = None
+    # The shared-memory token the caller presented (server/shared_memory.py TOKEN_HEADER), if it was read.
+    shm_token: str | None = None
 
     @classmethod
-    def of_grpc(cls, context) -> Call:
-        """The caller behind a grpcio ``ServicerContext``."""
-        return cls(deadline_in(context.time_remaining()), context.is_active, context.add_callback)
+    def of_grpc(cls, context, token_header: str | None = None) -> Call:
+        """The caller behind a grpcio ``ServicerContext``; ``token_header``: the metadata key to read the
+        shared-memory token from (None: not read, it costs a walk of the metadata)."""
+        token = None
+        if token_header is not None:
+            token = next((value for key, value in context.invocation_metadata() if key == token_header), None)
+        return cls(deadline_in(context.time_remaining()), context.is_active, context.add_callback, token)
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None without a deadline."""

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from tensorwire.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, Unimplemented
 from tensorwire.fastpath import Codec
 from tensorwire.proto.messages import InferRequest, InferResponse
-from tensorwire.server.call import Call
+from tensorwire.server.call import ANY_CALLER, Call
 from tensorwire.server.limits import check_config_json_size, quoted
 from tensorwire.server.model import Model
 from tensorwire.server.repository import READY, ModelRepository
-from tensorwire.server.shared_memory import CUDA_UNSUPPORTED, Region, SharedMemoryRegistry
+from tensorwire.server.shared_memory import CUDA_UNSUPPORTED, TOKEN_HEADER, Region, SharedMemoryRegistry
 
 DRAINING = "server is shutting down; not accepting new requests"
 MODEL_CONTROL_DISABLED = "explicit model load / unload is not allowed if polling is enabled"
@@ -191,14 +191,20 @@ class DataPlane:
             raise NotFound(f"unknown repository {quoted(repository_name)}; this server has one: '{root.name}'")
 
     # -- shared memory (server/shared_memory.py; docs/shared-memory.md) ----------------------------------
-    def system_shared_memory_status(self, name: str = "") -> list[Region]:
-        return self.regions.status(name)
+    @property
+    def token_header(self) -> str | None:
+        """The metadata key (header) a transport reads into ``Call.shm_token``; None when no token is needed."""
+        return TOKEN_HEADER if self.regions.require_token else None
 
-    def system_shared_memory_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        self.regions.register(name, key, offset, byte_size)
+    def system_shared_memory_status(self, name: str = "", call: Call = ANY_CALLER) -> list[Region]:
+        return self.regions.seen_by(call.shm_token).status(name)
 
-    def system_shared_memory_unregister(self, name: str = "") -> None:
-        self.regions.unregister(name)
+    def system_shared_memory_register(self, name: str, key: str, offset: int, byte_size: int,
+                                      call: Call = ANY_CALLER) -> None:
+        self.regions.seen_by(call.shm_token).register(name, key, offset, byte_size)
+
+    def system_shared_memory_unregister(self, name: str = "", call: Call = ANY_CALLER) -> None:
+        self.regions.seen_by(call.shm_token).unregister(name)
 
     def cuda_shared_memory_status(self, name: str = "") -> list:
         """No CUDA region can exist here, so the status is empty; Triton's CPU build answers the same."""
@@ -223,7 +229,7 @@ class DataPlane:
     def infer(self, model: Model, request: InferRequest, call: Call) -> InferResponse:
         """Serve one decoded request on ``model`` (counted in flight for the shutdown report)."""
         with self.in_flight:
-            return model.infer(request, call, self.regions)
+            return model.infer(request, call, self.regions.seen_by(call.shm_token))
 
     def infer_bytes(self, request_bytes, call: Call) -> InferResponse:
         """A ModelInferRequest in wire bytes: the model first (peek reads fields 1-2 only), then the body,

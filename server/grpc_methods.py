@@ -21,7 +21,7 @@ from tensorwire import __version__
 from tensorwire import proto as pb
 from tensorwire.errors import InvalidArgument, RequestError
 from tensorwire.proto.messages import InferResponse
-from tensorwire.server.call import Call
+from tensorwire.server.call import ANY_CALLER, Call
 from tensorwire.server.dataplane import DRAINING, SERVER_NAME, DataPlane
 from tensorwire.server.security import CATEGORIES
 
@@ -38,11 +38,11 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 HEALTH_METHODS = frozenset(CATEGORIES["health"])
 
 
-def _server_metadata(plane: DataPlane, _request):
+def _server_metadata(plane: DataPlane, _request, _call: Call):
     return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=plane.server_extensions())
 
 
-def _model_metadata(plane: DataPlane, request):
+def _model_metadata(plane: DataPlane, request, _call: Call):
     meta = plane.model_metadata(request.name, request.version)
     msg = pb.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
     for t in meta.inputs:
@@ -52,11 +52,11 @@ def _model_metadata(plane: DataPlane, request):
     return msg
 
 
-def _model_statistics(plane: DataPlane, request):
+def _model_statistics(plane: DataPlane, request, _call: Call):
     return pb.ModelStatisticsResponse(model_stats=plane.model_statistics(request.name, request.version))
 
 
-def _repository_index(plane: DataPlane, request):
+def _repository_index(plane: DataPlane, request, _call: Call):
     resp = pb.RepositoryIndexResponse()
     for e in plane.repository_index(ready_only=request.ready):
         resp.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
@@ -69,61 +69,61 @@ def _load_parameters(request) -> dict:
             for key, p in request.parameters.items()}
 
 
-def _repository_model_load(plane: DataPlane, request):
+def _repository_model_load(plane: DataPlane, request, _call: Call):
     plane.load_model(request.model_name, request.repository_name, _load_parameters(request))
     return pb.RepositoryModelLoadResponse()
 
 
-def _repository_model_unload(plane: DataPlane, request):
+def _repository_model_unload(plane: DataPlane, request, _call: Call):
     plane.unload_model(request.model_name, request.repository_name)
     return pb.RepositoryModelUnloadResponse()
 
 
-def _system_shared_memory_status(plane: DataPlane, request):
+def _system_shared_memory_status(plane: DataPlane, request, call: Call):
     resp = pb.SystemSharedMemoryStatusResponse()
-    for r in plane.system_shared_memory_status(request.name):
+    for r in plane.system_shared_memory_status(request.name, call):
         resp.regions[r.name].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(
             name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size))
     return resp
 
 
-def _system_shared_memory_register(plane: DataPlane, request):
-    plane.system_shared_memory_register(request.name, request.key, request.offset, request.byte_size)
+def _system_shared_memory_register(plane: DataPlane, request, call: Call):
+    plane.system_shared_memory_register(request.name, request.key, request.offset, request.byte_size, call)
     return pb.SystemSharedMemoryRegisterResponse()
 
 
-def _system_shared_memory_unregister(plane: DataPlane, request):
-    plane.system_shared_memory_unregister(request.name)
+def _system_shared_memory_unregister(plane: DataPlane, request, call: Call):
+    plane.system_shared_memory_unregister(request.name, call)
     return pb.SystemSharedMemoryUnregisterResponse()
 
 
-def _cuda_shared_memory_status(plane: DataPlane, request):
+def _cuda_shared_memory_status(plane: DataPlane, request, _call: Call):
     plane.cuda_shared_memory_status(request.name)
     return pb.CudaSharedMemoryStatusResponse()
 
 
-def _cuda_shared_memory_register(plane: DataPlane, request):
+def _cuda_shared_memory_register(plane: DataPlane, request, _call: Call):
     plane.cuda_shared_memory_register(request.name)
     return pb.CudaSharedMemoryRegisterResponse()
 
 
-def _cuda_shared_memory_unregister(plane: DataPlane, request):
+def _cuda_shared_memory_unregister(plane: DataPlane, request, _call: Call):
     plane.cuda_shared_memory_unregister(request.name)
     return pb.CudaSharedMemoryUnregisterResponse()
 
 
-Answer = Callable[[DataPlane, object], object]  # (data plane, parsed request) -> response message
+Answer = Callable[[DataPlane, object, Call], object]  # (data plane, parsed request, caller) -> response message
 
 # Every unary RPC but ModelInfer: name -> (request class, answer).
 UNARY: dict[str, tuple[type, Answer]] = {
-    "ServerLive": (pb.ServerLiveRequest, lambda plane, _r: pb.ServerLiveResponse(live=plane.live())),
-    "ServerReady": (pb.ServerReadyRequest, lambda plane, _r: pb.ServerReadyResponse(ready=plane.ready())),
+    "ServerLive": (pb.ServerLiveRequest, lambda plane, _r, _c: pb.ServerLiveResponse(live=plane.live())),
+    "ServerReady": (pb.ServerReadyRequest, lambda plane, _r, _c: pb.ServerReadyResponse(ready=plane.ready())),
     "ModelReady": (pb.ModelReadyRequest,
-                   lambda plane, r: pb.ModelReadyResponse(ready=plane.model_ready(r.name, r.version))),
+                   lambda plane, r, _c: pb.ModelReadyResponse(ready=plane.model_ready(r.name, r.version))),
     "ServerMetadata": (pb.ServerMetadataRequest, _server_metadata),
     "ModelMetadata": (pb.ModelMetadataRequest, _model_metadata),
     "ModelConfig": (pb.ModelConfigRequest,
-                    lambda plane, r: pb.ModelConfigResponse(config=plane.model_config(r.name, r.version))),
+                    lambda plane, r, _c: pb.ModelConfigResponse(config=plane.model_config(r.name, r.version))),
     "ModelStatistics": (pb.ModelStatisticsRequest, _model_statistics),
     "RepositoryIndex": (pb.RepositoryIndexRequest, _repository_index),
     "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, _repository_model_load),
@@ -137,14 +137,14 @@ UNARY: dict[str, tuple[type, Answer]] = {
 }
 
 
-def answer_unary(plane: DataPlane, method: str, request_bytes: bytes) -> bytes:
+def answer_unary(plane: DataPlane, method: str, request_bytes: bytes, call: Call = ANY_CALLER) -> bytes:
     """The serialized answer of unary RPC ``method`` (a name of ``UNARY``); RequestError on failure."""
     request_cls, answer = UNARY[method]
     try:
         request = request_cls.FromString(request_bytes)
     except DecodeError as exc:
         raise InvalidArgument(f"malformed {request_cls.DESCRIPTOR.name}: {exc}") from None
-    return answer(plane, request).SerializeToString()
+    return answer(plane, request, call).SerializeToString()
 
 
 def answer_infer(plane: DataPlane, request_bytes, call: Call) -> bytes:

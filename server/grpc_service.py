@@ -93,7 +93,7 @@ class GrpcioServicer:
 
         def handler(request_bytes: bytes, context):
             try:
-                return answer_unary(plane, name, request_bytes)
+                return answer_unary(plane, name, request_bytes, Call.of_grpc(context, plane.token_header))
             except Exception as exc:
                 _abort(context, exc)
 
@@ -104,7 +104,7 @@ class GrpcioServicer:
 
         def handler(request_bytes: bytes, context):
             try:
-                return answer_infer(plane, request_bytes, Call.of_grpc(context))
+                return answer_infer(plane, request_bytes, Call.of_grpc(context, plane.token_header))
             except Exception as exc:
                 _abort(context, exc)
 
@@ -115,7 +115,7 @@ class GrpcioServicer:
 
         def handler(request_iterator: Iterator[bytes], context) -> Iterator[bytes]:
             """Answer each streamed request in order; a failed one gets error_message, the stream goes on."""
-            call = Call.of_grpc(context)
+            call = Call.of_grpc(context, plane.token_header)
             for request_bytes in request_iterator:
                 if plane.draining.is_set():
                     yield draining_stream_answer(plane)

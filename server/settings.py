@@ -144,6 +144,11 @@ class ServerSettings:
         False, optional_bool=True,
         help="serve Triton's system shared-memory extension: clients on this host register POSIX shared-memory "
         "objects (/dev/shm) and pass tensors through them instead of the socket; needs --workers 1")
+    shared_memory_require_token: bool = setting(
+        False, optional_bool=True,
+        help="a region is usable only by calls that carry the header tensorwire-shm-token with the value its "
+        "registration carried; without it, whoever reaches the port reads, writes, lists and unregisters every "
+        "region (docs/shared-memory.md)")
     limit_shared_memory_regions: int = setting(
         64, help="most system shared-memory regions registered at once (each holds one file descriptor and one "
         "mapping)")

@@ -20,6 +20,8 @@ when the last lease ends; the name is free again at once.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import os
 import re
@@ -47,6 +49,8 @@ SHM_DIR = "/dev/shm"
 MAX_KEY_LENGTH = 255  # NAME_MAX: the longest file name /dev/shm can hold
 MAX_REGION_NAME_LENGTH = 256
 _KEY = re.compile(rf"/?([A-Za-z0-9_.-]{{1,{MAX_KEY_LENGTH}}})")
+# The gRPC metadata key (HTTP header) a client's shared-memory token travels in, on every call that names a region.
+TOKEN_HEADER = "tensorwire-shm-token"
 DISABLED = ("system shared memory is disabled on this server; start it with --allow-shared-memory to use it "
             "(see docs/shared-memory.md)")
 CUDA_UNSUPPORTED = ("CUDA shared memory is not supported by this server: tensorwire runs its models on ONNX "
@@ -90,6 +94,8 @@ class Region:
     fd: int
     # The guarded mapping the copies go through (None: preadv/pwrite on ``fd``).
     mapping: object = None
+    # SHA-256 of the token its registering client presented (None: registered without one).
+    token_digest: bytes | None = None
     _leases: int = 0
     _registered: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -192,11 +198,20 @@ class Region:
             done += os.pwrite(self.fd, data[done:], self.offset + offset + done)
 
 
+def token_digest(token: str | None) -> bytes | None:
+    return None if token is None else hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 class SharedMemoryRegistry:
-    """The regions registered with this server process, bounded in number and total bytes."""
+    """The regions registered with this server process, bounded in number and total bytes.
+
+    With ``--shared-memory-require-token`` a region belongs to the token its client registered it with:
+    every other call (status, unregister, a request reading or writing it) sees it only with the same token,
+    and anyone else is told what an unknown region gets. ``seen_by(token)`` is that caller's view."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.enabled = settings.allow_shared_memory
+        self.require_token = settings.shared_memory_require_token
         self.max_regions = settings.limit_shared_memory_regions
         self.max_bytes = int(settings.limit_shared_memory_mb * 2**20)
         self._regions: dict[str, Region] = {}
@@ -207,9 +222,27 @@ class SharedMemoryRegistry:
         if not self.enabled:
             raise Unavailable(DISABLED)
 
-    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+    def seen_by(self, token: str | None) -> SharedMemoryRegistry | CallerRegions:
+        """The regions as the caller presenting ``token`` may use them (all of them without the token rule)."""
+        return CallerRegions(self, token) if self.require_token else self
+
+    def _visible(self, region: Region | None, token: str | None) -> Region | None:
+        if region is None or not self.require_token:
+            return region
+        digest = token_digest(token)
+        return region if digest is not None and hmac.compare_digest(region.token_digest or b"", digest) else None
+
+    def _check_token(self, token: str | None) -> None:
+        if self.require_token and not token:
+            raise InvalidArgument(
+                f"this server requires a token on shared-memory calls (--shared-memory-require-token): send the "
+                f"header '{TOKEN_HEADER}' with a secret of your choice on the registration and on every request "
+                "that uses the region")
+
+    def register(self, name: str, key: str, offset: int, byte_size: int, token: str | None = None) -> None:
         """Open the object ``key`` and record ``name``; every check before the object is kept open."""
         self.require_enabled()
+        self._check_token(token)
         if not name or len(name) > MAX_REGION_NAME_LENGTH:
             raise InvalidArgument(f"shared memory region name {quoted(name)} must have 1 to "
                                   f"{MAX_REGION_NAME_LENGTH} characters")
@@ -232,7 +265,8 @@ class SharedMemoryRegistry:
             except BaseException:
                 os.close(fd)
                 raise
-            self._regions[name] = Region(name, key, offset, byte_size, fd, _guarded_mapping(fd, offset, byte_size))
+            self._regions[name] = Region(name, key, offset, byte_size, fd, _guarded_mapping(fd, offset, byte_size),
+                                         token_digest(token) if self.require_token else None)
 
     def _check_count(self, name: str) -> None:
         if len(self._regions) >= self.max_regions:
@@ -247,33 +281,31 @@ class SharedMemoryRegistry:
                 f"failed to register shared memory region {quoted(name)}: {byte_size} bytes more than the {total} "
                 f"registered would exceed this server's bound of {self.max_bytes} bytes (--limit-shared-memory-mb)")
 
-    def unregister(self, name: str = "") -> None:
-        """Forget ``name`` (empty: every region); an unknown name is not an error, as in Triton."""
+    def unregister(self, name: str = "", token: str | None = None) -> None:
+        """Forget ``name`` (empty: every region the caller sees); an unknown name is not an error, as in Triton."""
         self.require_enabled()
         with self._lock:
-            if name:
-                gone = [self._regions.pop(name)] if name in self._regions else []
-            else:
-                gone, self._regions = list(self._regions.values()), {}
+            names = [name] if name else list(self._regions)
+            gone = [self._regions.pop(n) for n in names if self._visible(self._regions.get(n), token)]
         for region in gone:
             region._unregister()
 
-    def status(self, name: str = "") -> list[Region]:
-        """The regions named (empty: all), Triton's NOT_FOUND for an unknown name."""
+    def status(self, name: str = "", token: str | None = None) -> list[Region]:
+        """The regions named (empty: all the caller sees), Triton's NOT_FOUND for an unknown name."""
         self.require_enabled()
         with self._lock:
             if not name:
-                return list(self._regions.values())
-            region = self._regions.get(name)
+                return [r for r in self._regions.values() if self._visible(r, token)]
+            region = self._visible(self._regions.get(name), token)
         if region is None:
             raise NotFound(f"Unable to find system shared memory region: {quoted(name)}")
         return [region]
 
-    def acquire(self, name: str) -> Region:
+    def acquire(self, name: str, token: str | None = None) -> Region:
         """The region ``name`` with a lease: it stays open (even if unregistered meanwhile) until ``release``."""
         self.require_enabled()
         with self._lock:
-            region = self._regions.get(name)
+            region = self._visible(self._regions.get(name), token)
             if region is not None:
                 region._acquire()
         if region is None:
@@ -281,9 +313,9 @@ class SharedMemoryRegistry:
         return region
 
     @contextmanager
-    def lease(self, name: str) -> Iterator[Region]:
+    def lease(self, name: str, token: str | None = None) -> Iterator[Region]:
         """``acquire`` for the length of a block."""
-        region = self.acquire(name)
+        region = self.acquire(name, token)
         try:
             yield region
         finally:
@@ -293,6 +325,31 @@ class SharedMemoryRegistry:
         """Unregister everything (server shutdown)."""
         if self.enabled:
             self.unregister()
+
+
+class CallerRegions:
+    """One caller's view of a registry under the token rule: the registry's calls with the caller's token."""
+
+    def __init__(self, registry: SharedMemoryRegistry, token: str | None) -> None:
+        self.registry, self.token, self.enabled = registry, token, registry.enabled
+
+    def require_enabled(self) -> None:
+        self.registry.require_enabled()
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.registry.register(name, key, offset, byte_size, self.token)
+
+    def unregister(self, name: str = "") -> None:
+        self.registry.unregister(name, self.token)
+
+    def status(self, name: str = "") -> list[Region]:
+        return self.registry.status(name, self.token)
+
+    def acquire(self, name: str) -> Region:
+        return self.registry.acquire(name, self.token)
+
+    def lease(self, name: str):
+        return self.registry.lease(name, self.token)
 
 
 # The registry of a caller that cannot use shared memory (in-process callers, tests): always disabled.

@@ -526,3 +526,41 @@ def test_bench_shared_memory_runs_and_its_io_binding_writes_the_same_output():
     copies = read_costs(5)
     assert len(copies) == 2 and all(v > 0 for r in copies for k, v in r.items() if k.endswith("_us"))
     assert all({"guarded_read_us", "guarded_write_us"} <= set(r) for r in copies)
+
+
+# -- the token rule (--shared-memory-require-token) -----------------------------------------------------
+def test_a_region_is_usable_only_with_its_registration_token(repo):
+    """With the token rule, a region registered with one token is invisible to every call without it:
+    status does not list it, a request naming it gets what an unknown region gets, unregister leaves it,
+    and a registration without a token is refused with the header's name."""
+    alpha, beta = {"tensorwire-shm-token": "alpha-secret"}, {"tensorwire-shm-token": "beta-secret"}
+    a, b = _data()
+    with start_server(repo, "--allow-shared-memory", "--shared-memory-require-token") as s:
+        c = grpcclient.InferenceServerClient(s.address)
+        c.handles = []
+        try:
+            h_in, key_in = _region(c, "in", 2 * a.nbytes, register=False)
+            h_out, key_out = _region(c, "out", 2 * a.nbytes, register=False)
+            message = _refused(lambda: c.register_system_shared_memory("in", key_in, 2 * a.nbytes), "INVALID_ARGUMENT")
+            assert "tensorwire-shm-token" in message and "--shared-memory-require-token" in message
+            c.register_system_shared_memory("in", key_in, 2 * a.nbytes, headers=alpha)
+            c.register_system_shared_memory("out", key_out, 2 * a.nbytes, headers=alpha)
+            shm.set_shared_memory_region(h_in, [a, b])
+            ins, outs = _shm_request()
+            # another client's token (or none) sees nothing, reads nothing, removes nothing
+            for other in (beta, None):
+                assert not c.get_system_shared_memory_status(headers=other).regions
+                _refused(lambda o=other: c.get_system_shared_memory_status("in", headers=o), "NOT_FOUND")
+                unknown = _refused(lambda o=other: c.infer("add_sub", ins, outputs=outs, headers=o), "NOT_FOUND")
+                assert "Unable to find shared memory region" in unknown
+                c.unregister_system_shared_memory("in", headers=other)
+                c.unregister_system_shared_memory(headers=other)
+            assert sorted(c.get_system_shared_memory_status(headers=alpha).regions) == ["in", "out"]
+            c.infer("add_sub", ins, outputs=outs, headers=alpha)
+            got = shm.get_contents_as_numpy(h_out, np.float32, [2, 16])
+            np.testing.assert_array_equal(got, a + b)
+            c.unregister_system_shared_memory(headers=alpha)
+            assert not c.get_system_shared_memory_status(headers=alpha).regions
+        finally:
+            for h in c.handles:
+                shm.destroy_shared_memory_region(h)
