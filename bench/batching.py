@@ -14,49 +14,24 @@ generator at concurrency 1, 8 and 32:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from tensorwire.bench import arguments
-from tensorwire.bench.fastpath_e2e import mlp_model
 from tensorwire.bench.load import LoadSettings, run_load
+from tensorwire.bench.models import mlp_large_model, mlp_model, write_model
 from tensorwire.bench.report import write_rows
 from tensorwire.launcher import tensorwire_server
 
 if TYPE_CHECKING:  # onnx is imported where a model is built: `tensorwire --help` must not need it
-    import onnx
+    pass
 
 MODELS = ("mlp_large", "mlp_small", "distilbert")
 MAX_BATCH = 32
 QUEUE_DELAY_US = 500
 CONCURRENCY = [1, 8, 32]
-
-
-def mlp_large_model() -> onnx.ModelProto:
-    """The weight-bound MLP: batching should multiply its throughput."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    dims = [2048, 4096, 4096, 1000]
-    nodes, inits, prev = [], [], "input"
-    for i in range(3):
-        w = (rng.standard_normal((dims[i], dims[i + 1]), dtype=np.float32) / np.sqrt(dims[i])).astype(np.float32)
-        bias = np.zeros(dims[i + 1], np.float32)
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]
-        gemm_out = "output" if i == 2 else f"g{i}"
-        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [gemm_out]))
-        if i < 2:
-            nodes.append(helper.make_node("Relu", [gemm_out], [f"h{i}"]))
-            prev = f"h{i}"
-    graph = helper.make_graph(nodes, "mlp_large",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 2048])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", 1000])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 MODES = ("off", "on", "eager")  # no batcher; dynamic_batching with its delay; the same with eager_batching
@@ -73,12 +48,7 @@ def _config(mode: str) -> str:
 
 def _add(repo: Path, name: str, model_file: Path) -> None:
     for mode in MODES:
-        d = repo / f"{name}_{mode}"
-        (d / "1").mkdir(parents=True, exist_ok=True)
-        target = d / "1" / "model.onnx"
-        if not target.exists():
-            os.link(model_file, target)
-        (d / "config.pbtxt").write_text(_config(mode))
+        write_model(repo, f"{name}_{mode}", model_file, _config(mode))
 
 
 def build_repository(root: Path, models: list[str]) -> dict[str, dict]:

@@ -1,5 +1,4 @@
-"""`tensorwire bench compare | load | overhead | codec | fastpath | batching | alignment | resilience | ab | memory
-| shared-memory | cpu | triton-perf | report`.
+"""`tensorwire bench compare | load | overhead | batching | resilience | memory | cpu | triton-perf | report`.
 
 Every subcommand is built the same way: its module declares its flags (``add_arguments(parser)``) and
 turns them into a run (``run(args) -> exit code``); this table only names the modules. Modules keep
@@ -18,15 +17,9 @@ COMMANDS = {
     "compare": ("tensorwire.bench.compare", "eager PyTorch vs torch.compile vs ONNX Runtime, per model and batch"),
     "load": ("tensorwire.bench.load", "load-test any KServe v2 gRPC endpoint (closed and open loop)"),
     "overhead": ("tensorwire.bench.overhead", "the server's overhead per request: in-process vs over gRPC vs echo"),
-    "codec": ("tensorwire.bench.codec", "decode/encode time: Cython extension vs pure-Python twin vs protobuf"),
-    "fastpath": ("tensorwire.bench.fastpath_e2e", "server with the extension vs the twin vs a bare grpcio echo"),
     "batching": ("tensorwire.bench.batching", "dynamic batching off/on/eager x 1 and 2 workers under load"),
-    "alignment": ("tensorwire.bench.alignment", "ONNX Runtime on aligned vs misaligned input views"),
     "resilience": ("tensorwire.bench.resilience", "stalled clients and a killed worker: what the others still get"),
-    "ab": ("tensorwire.bench.ab", "two installations side by side (before/after figures)"),
     "memory": ("tensorwire.bench.memory", "peak server memory per hostile request vs a bare grpcio receive"),
-    "shared-memory": ("tensorwire.bench.shared_memory",
-                      "ORT run + one pwrite vs IO binding of the output to an mmap'd shared-memory buffer"),
     "cpu": ("tensorwire.bench.cpu", "server CPU per request, unary and streaming, variants beside a grpcio echo"),
     "triton-perf": ("tensorwire.bench.triton_perf", "perf_analyzer: plain gRPC vs system shared memory vs streaming"),
     "report": ("tensorwire.bench.report", "re-draw the markdown and plots of a saved result JSON"),

@@ -66,14 +66,10 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def _repository(workdir: Path) -> Path:
-    import onnx
-
-    from tensorwire.bench.fastpath_e2e import mlp_model
+    from tensorwire.bench.models import CPU_CONFIG, mlp_model, write_model
 
     repo = workdir / "models"
-    (repo / "mlp" / "1").mkdir(parents=True)
-    onnx.save(mlp_model(), str(repo / "mlp" / "1" / "model.onnx"))
-    (repo / "mlp" / "config.pbtxt").write_text("max_batch_size: 8\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n")
+    write_model(repo, "mlp", mlp_model(), CPU_CONFIG)
     return repo
 
 

@@ -115,19 +115,14 @@ CASES = [
 
 def write_repository(repo: Path) -> Path:
     """Identity models (FP32, INT64, BYTES), dims [-1, -1], max_batch_size 8: the model holds nothing."""
-    import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
-    for name, elem in (("identity_fp32", TensorProto.FLOAT), ("identity_int64", TensorProto.INT64),
-                       ("identity_bytes", TensorProto.STRING)):
-        graph = helper.make_graph([helper.make_node("Identity", ["INPUT"], ["OUTPUT"])], name,
-                                  [helper.make_tensor_value_info("INPUT", elem, ["batch", "n"])],
-                                  [helper.make_tensor_value_info("OUTPUT", elem, ["batch", "n"])])
-        (repo / name / "1").mkdir(parents=True, exist_ok=True)
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-                  str(repo / name / "1" / "model.onnx"))
-        (repo / name / "config.pbtxt").write_text("max_batch_size: 8\n")
-    return repo
+    from tensorwire.bench import models
+
+    return models.write_repository(repo, {
+        name: (models.identity_model(name, elem), "max_batch_size: 8\n")
+        for name, elem in (("identity_fp32", TensorProto.FLOAT), ("identity_int64", TensorProto.INT64),
+                           ("identity_bytes", TensorProto.STRING))})
 
 
 # -- measuring -----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tensorwire.bench.fastpath_e2e import mlp_model
+from tensorwire.bench.models import mlp_model, write_model
 from tensorwire.bench.procnet import client_ports, descendants, listening, worker_of
 from tensorwire.bench.procstat import status_field
 from tensorwire.bench.report import write_rows
@@ -178,13 +178,9 @@ def _markdown(rows: list[dict], server_args: list[str]) -> str:
 
 
 def run_scenarios(duration: float, server_args: list[str], out: Path | None) -> list[dict]:
-    import onnx  # here, not at the top: `tensorwire --help` must not need it
-
     with tempfile.TemporaryDirectory(prefix="tensorwire-bench-") as tmp:
         repo = Path(tmp) / "models"
-        (repo / "mlp" / "1").mkdir(parents=True)
-        onnx.save(mlp_model(), str(repo / "mlp" / "1" / "model.onnx"))
-        (repo / "mlp" / "config.pbtxt").write_text("max_batch_size: 8\n")
+        write_model(repo, "mlp", mlp_model(), "max_batch_size: 8\n")
         rows = []
         for half_sent, idle in SCENARIOS:
             rows.append(_scenario(repo, half_sent, idle, duration, server_args))

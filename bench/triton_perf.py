@@ -33,7 +33,7 @@ from tensorwire.bench import machine, timing
 from tensorwire.bench.report import write_payload
 
 if TYPE_CHECKING:  # onnx is imported where a model is built: `tensorwire --help` must not need it
-    import onnx
+    pass
 
 DEFAULT_PERF_ANALYZER = Path("/work/venv-pa/bin/perf_analyzer")
 DEFAULT_OUT = Path("bench/results/perf_analyzer")
@@ -66,47 +66,12 @@ CASES = [
 
 # ---------------------------------------------------------------- models
 
-def conv_model() -> onnx.ModelProto:
-    """The issue's conv: [B,3,224,224] FP32 -> Conv 3->16 3x3 pad 1 -> ReLU -> GlobalAveragePool -> [B,16]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = (rng.standard_normal((16, 3, 3, 3)) / np.sqrt(27)).astype(np.float32)
-    b = (rng.standard_normal(16) * 0.1).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
-             helper.make_node("Relu", ["c"], ["r"]),
-             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
-             helper.make_node("Flatten", ["g"], ["output"], axis=1)]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                            ["b", 3, 224, 224])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", 16])],
-                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def small_model() -> onnx.ModelProto:
-    """[B,512] FP32 (a 2 KB request) -> its mean [B,1]: the request cost with next to no compute."""
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["input"], ["output"], axes=[1], keepdims=1)], "small2k",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 512])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", 1])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 def build_repository(repo: Path) -> Path:
-    """conv, mlp (bench fastpath's 512-wide MLP) and small2k, each max_batch_size 8, one CPU instance."""
-    import onnx
+    """conv, mlp and small2k (bench/models.py), each max_batch_size 8, one CPU instance."""
+    from tensorwire.bench.models import CPU_CONFIG, conv_model, mlp_model, small_model, write_repository
 
-    from tensorwire.bench.fastpath_e2e import mlp_model
-
-    for name, build in (("conv", conv_model), ("mlp", mlp_model), ("small2k", small_model)):
-        (repo / name / "1").mkdir(parents=True, exist_ok=True)
-        onnx.save(build(), str(repo / name / "1" / "model.onnx"))
-        (repo / name / "config.pbtxt").write_text(
-            "max_batch_size: 8\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n")
-    return repo
+    return write_repository(repo, {"conv": (conv_model(), CPU_CONFIG), "mlp": (mlp_model(), CPU_CONFIG),
+                                   "small2k": (small_model(), CPU_CONFIG)})
 
 
 # ---------------------------------------------------------------- perf_analyzer

@@ -513,21 +513,6 @@ def test_workers_are_refused_with_shared_memory(repo):
     assert "registrations live in one process" in out.stderr
 
 
-def test_bench_shared_memory_runs_and_its_io_binding_writes_the_same_output():
-    """`tensorwire bench shared-memory` in a few calls: every variant gives a figure, and the IO-bound output
-    equals session.run's (checked inside the bench); no figure is judged here (bench/results/shared_memory/)."""
-    from tensorwire.bench.shared_memory import measure, read_costs
-
-    rows = measure(5)
-    assert [r["case"] for r in rows] == ["conv [B,16] b=1", "conv [B,16] b=8", "relu 600 KB b=1"]
-    assert [r["output_bytes"] for r in rows] == [64, 512, 3 * 224 * 224 * 4]
-    assert all(v > 0 for r in rows for k, v in r.items() if k.endswith("_us"))
-    assert all({"copy_us", "run_copy_us"} <= set(r) for r in rows)  # the server's own copy into the region
-    copies = read_costs(5)
-    assert len(copies) == 2 and all(v > 0 for r in copies for k, v in r.items() if k.endswith("_us"))
-    assert all({"guarded_read_us", "guarded_write_us"} <= set(r) for r in copies)
-
-
 # -- the token rule (--shared-memory-require-token) -----------------------------------------------------
 def test_a_region_is_usable_only_with_its_registration_token(repo):
     """With the token rule, a region registered with one token is invisible to every call without it:

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper
 
 from tensorwire import proto as pb
-from tensorwire.bench.fastpath_e2e import image_model, mlp_model
+from tensorwire.bench.models import image_model, mlp_model
 from tensorwire.proto.datatypes import DATATYPES
 from tensorwire.server import thread_tuning as threads
 from tensorwire.server.affinity import usable_cpus
