@@ -6,7 +6,7 @@ hide this one's cost). The server's peak is its VmHWM, reset through /proc/PID/c
 the request, minus its VmRSS then. The floor is the same bytes sent to the bare grpcio echo server
 (``tensorwire.echo``: receives bytes, answers a payload of the size ours answered), measured the same way.
 With ``--p99`` another client sends small requests throughout and its p99 is compared with its p99 on the
-idle server. Results: bench/results/memory/ (bench/results/README.md gives the command).
+idle server. Results and the command: bench/results/memory/README.md.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ if sys.byteorder != "little":
     raise ImportError("tensorwire.fastpath._wire supports little-endian hosts only")
 
 # The decoder builds the message dataclasses without their __init__ (a Python-level call per object; the
-# decode time this buys is in bench/results/fastpath/codec.md, before/after in bench/results/README.md)
+# decode time this buys is in bench/results/decisions/codec.md)
 # and without setattr (a type lookup per field): object.__new__ gives an instance whose slots are all NULL,
 # and each slot is written at the offset its member descriptor records.
 _new = object.__new__

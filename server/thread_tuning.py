@@ -3,7 +3,7 @@
 ONNX Runtime's default pool (one thread per core) pays off for large operators. For a model that runs
 in tens of microseconds, the pool thread costs more than it brings: it must be woken for every run,
 and it spins after each one on a core that gRPC needs to receive the next request and send this
-answer. Measured on 2 cores (bench/results/README.md, section 4): the 3x224x224 ReduceMean model runs
+answer. Measured on 2 cores (bench/results/decisions/hot-path.md): the 3x224x224 ReduceMean model runs
 faster on one thread and picks it; the 512-1024-1024-10 MLP is faster on two and keeps them.
 
 So when nothing fixes the count (no ``--intra-op-threads``, no ``intra_op_thread_count`` parameter),
