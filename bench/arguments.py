@@ -18,9 +18,9 @@ def builtin_names() -> tuple[str, ...]:
 
     Imported when a parser is built, not at module level, so that bench/ stays importable on its own.
     """
-    from tensorwire.export import BUILTINS
+    from tensorwire.export import BUILTIN_NAMES
 
-    return tuple(BUILTINS)
+    return tuple(BUILTIN_NAMES)
 
 
 def int_list(text: str) -> list[int]:

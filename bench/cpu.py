@@ -198,7 +198,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Machine: {m.get('cpu', '?')}, {m.get('cores_usable', '?')} usable cores, load average at start "
         f"{m.get('load_average_at_start')}. Command: `{payload['command']}`", "",
         f"Variants (`tensorwire serve` arguments): {variants}. Model: the 512-wide MLP [1,512] FP32 "
-        "(bench fastpath's). Echo: tensorwire.echo answering with as many bytes. "
+        "(bench/models.py). Echo: tensorwire.echo answering with as many bytes. "
         f"{payload['plan']['rounds']} alternating rounds of {payload['plan']['duration_s']} s per level; figures are "
         "medians over rounds, ratios the median of per-round ratios (CPU vs the echo on the same transport and "
         "concurrency; p50 and throughput vs the first variant on the same transport; stream vs unary of the same "

@@ -35,7 +35,7 @@ GPU_ENGINES = {"ort-cuda": "CUDAExecutionProvider", "ort-cuda-iobinding": "CUDAE
                "ort-cuda-fp16": "CUDAExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider"}
 # Reduced-precision engines and the graph variant each runs (bench.prepare writes them).
 VARIANTS = {"ort-int8": "int8", "ort-cuda-fp16": "fp16"}
-REDUCED_MIN_COSINE = 0.999   # the bar issue 13 set for INT8 against eager's outputs
+REDUCED_MIN_COSINE = 0.999   # the bar an INT8 export must meet against eager's outputs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MEMORY_METHOD = ("peak RSS of the engine's own process minus its RSS after imports, before the model is loaded "
                  "(weights, compiled code, arenas, activations); the peak is reset after imports where Linux "

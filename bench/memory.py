@@ -1,6 +1,6 @@
 """`tensorwire bench memory`: what one hostile request costs the server in memory, against bare grpcio.
 
-Each case is a request of tens of MiB (the amplification cases of issue 11 and a few accepted ones) sent
+Each case is a request of tens of MiB (the amplification cases of docs/resilience.md and a few accepted ones) sent
 once to a fresh `tensorwire serve` (fresh, so that memory a previous case left in the allocator does not
 hide this one's cost). The server's peak is its VmHWM, reset through /proc/PID/clear_refs just before
 the request, minus its VmRSS then. The floor is the same bytes sent to the bare grpcio echo server

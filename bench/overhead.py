@@ -53,7 +53,7 @@ def quick_settings(s: OverheadSettings) -> OverheadSettings:
 
 def _export_builtin(name: str, size: str, repository: Path) -> None:
     """The public CLI in a child process: the parent never imports torch."""
-    cmd = [sys.executable, "-m", "tensorwire", "export", name, "--size", size, "--repository", str(repository)]
+    cmd = [sys.executable, "-m", "tensorwire", "export", name, "--size", size, "--model-repository", str(repository)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -186,7 +186,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``tensorwire bench overhead``."""
     p.add_argument("--model", default="mlp", help="model name: a built-in to export "
                    f"({', '.join(arguments.builtin_names())}), or one in --model-repository (default mlp)")
-    p.add_argument("--model-repository", "--repository", type=Path, default=None,
+    p.add_argument("--model-repository", type=Path, default=None,
                    help="model repository holding --model (default: export the built-in to a temporary one)")
     p.add_argument("--size", choices=("small", "full"), default="small", help="built-in size (default small)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")

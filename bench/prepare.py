@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tensorwire.export.builtin import BUILTIN_NAMES as BUILTINS
+from tensorwire.export.builtin import BUILTIN_NAMES
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Built:
 
 def parse_model(text: str, inputs: list[str], size: str, seq: int | None) -> dict[str, Any]:
     """``bert`` or ``path/model.py:factory`` -> the JSON-able source description the children rebuild from."""
-    if text in BUILTINS:
+    if text in BUILTIN_NAMES:
         overrides = {"seq": seq} if seq and text in ("bert", "distilbert") else {}
         return {"kind": "builtin", "name": text, "size": size, "overrides": overrides}
     if ":" in text and text.rpartition(":")[0].endswith(".py"):
@@ -44,7 +44,7 @@ def parse_model(text: str, inputs: list[str], size: str, seq: int | None) -> dic
             raise ValueError(f"model {text!r} is a factory: give its inputs with --input NAME:SHAPE:DTYPE[:LOW..HIGH]")
         path, _, func = text.rpartition(":")
         return {"kind": "factory", "spec": f"{Path(path).resolve()}:{func}", "name": func, "inputs": list(inputs)}
-    raise ValueError(f"unknown model {text!r}: use a built-in ({', '.join(BUILTINS)}) or path/to/file.py:factory")
+    raise ValueError(f"unknown model {text!r}: use a built-in ({', '.join(BUILTIN_NAMES)}) or path/to/file.py:factory")
 
 
 def build(source: dict[str, Any], batch: int | None = None) -> Built:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # onnx is imported where a model is built: `tensorwire --help
     pass
 
 DEFAULT_PERF_ANALYZER = Path("/work/venv-pa/bin/perf_analyzer")
-DEFAULT_OUT = Path("bench/results/perf_analyzer")
+DEFAULT_OUT = Path("bench/results/triton_perf")
 CONV_OUTPUT_BYTES = 16 * 4  # [16] FP32 per batch item
 
 

@@ -13,9 +13,7 @@ from tensorwire.export.errors import INSTALL_HINT, ExportError
 from tensorwire.export.report import ExportReport
 
 __all__ = ["ExportError", "ExportReport", "BuiltinModel", "build_builtin", "export_model", "BUILTIN_NAMES",
-           "BUILTINS", "INSTALL_HINT"]
-
-BUILTINS = BUILTIN_NAMES   # the older name of the same table (export/builtin.py's REGISTRY)
+           "INSTALL_HINT"]
 
 
 def export_model(model, example_inputs, **kwargs: Any) -> ExportReport:

@@ -71,8 +71,8 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="model name in the repository (default: the built-in's name "
                                                 "or the factory function's)")
-    p.add_argument("--model-repository", "--repository", dest="repository", default=DEFAULT_REPOSITORY,
-                   metavar="DIR", help="model repository root (--repository is the older name)")
+    p.add_argument("--model-repository", dest="repository", default=DEFAULT_REPOSITORY,
+                   metavar="DIR", help="model repository root")
     p.add_argument("--version", type=int, default=None,
                    help="version folder to write (default: the next after the latest, 1 for a new name)")
     p.add_argument("--overwrite", action="store_true", help="replace --version N if it exists")

@@ -11,7 +11,7 @@ so the faulting access runs again under that action, as if this module had never
 
 Why not ``preadv``/``pwrite`` alone (the fallback, server/shared_memory.py): the kernel's per-page
 copy costs 2x to 4x a memcpy from a mapping (4.8 MB: ~0.5 to 1.0 against ~0.23 ms;
-bench/results/shared_memory/).
+bench/results/decisions/shared-memory.md).
 """
 
 from libc.errno cimport errno

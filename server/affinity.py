@@ -3,7 +3,7 @@
 Pinning a server that runs small models to one core keeps its hand-offs (grpcio's completion-queue
 thread, the handler thread, ONNX Runtime) on that core: waking a thread on another vCPU costs an
 inter-processor interrupt, which on a virtual machine is a trip through the hypervisor. Measured here
-(2 vCPUs, the client on the same machine, 3x224x224 FP32 input, ``tensorwire bench fastpath``): the
+(2 vCPUs, the client on the same machine, 3x224x224 FP32 input; bench/results/decisions/hot-path.md): the
 server's overhead over in-process ONNX Runtime was 1.17-1.25x a bare grpcio echo's p50 unpinned and
 1.03-1.12x with ``--cpu-affinity 1``. It is not the default: a model whose operators want several cores
 (ResNet-50, BERT) would lose them.

@@ -5,10 +5,10 @@ grpcio allocates each received message (and the ``bytes`` it gives the handler) 
 serves blocks above its mmap threshold (dynamic, from 128 KiB) with fresh mmaps and trims an arena's
 free top above its trim threshold, so a 600 KB request costs page faults and page zeroing on every
 call. Raising both thresholds keeps those blocks in the arenas for the next request (a measured p50 win
-for a 3x224x224 FP32 request: `tensorwire bench fastpath --server-arg=--no-malloc-tuning` re-measures it).
+for a 3x224x224 FP32 request: bench/results/decisions/hot-path.md).
 What the arenas keep between requests of a burst is given back when it ends: :class:`MemoryReleaser` calls
 ``malloc_trim`` once the server has been idle for a second after serving, and drops the scratch pool's idle
-buffers (bench/results/memory/ has the retained memory after a burst, and what a trim costs). Only on glibc;
+buffers (docs/resilience.md "Memory after a burst"). Only on glibc;
 a no-op elsewhere.
 """
 

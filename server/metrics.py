@@ -4,7 +4,7 @@ Nothing here runs on a request's path. ``ModelStatistics`` already counts every 
 (and buckets it when metrics are on); :class:`ServerCollector` reads those counters when Prometheus
 scrapes, through prometheus-client's custom-collector API, which also writes the exposition format.
 Per-request calls into the client library would cost about a microsecond per metric per request
-(bench/results/metrics/README.md has the on/off figures).
+(bench/results/decisions/metrics.md has the on/off figures).
 
 With ``--workers N`` each worker serves its own endpoint on a loopback port and the parent's endpoint
 (:class:`WorkerAggregate`) sums theirs at scrape time: one scrape sees every worker. prometheus-client's

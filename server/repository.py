@@ -3,7 +3,7 @@
 ``models/<name>/config.pbtxt`` (optional) and ``models/<name>/<version>/model.onnx``. Every loaded
 version has its own ORT session; a request without a version gets the highest loaded one.
 
-Reloads behave as Triton's, and better (issue 11): a failed load of a READY model keeps the versions
+Reloads behave as Triton's, and better: a failed load of a READY model keeps the versions
 that serve, with the failure in RepositoryIndex and the log; replaced versions are retired, not closed,
 so what they already queued finishes; and the loads and unloads of one model run one at a time, in the
 order they arrive, so the last request wins.

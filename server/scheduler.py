@@ -52,9 +52,9 @@ class Execution:
 class Scheduler(Protocol):
     """How a request reaches an instance.
 
-    The one rule for the handler thread's scratch buffers (server/scratch.py): a request's feeds may live
-    in the calling thread's scratch, so ``execute`` must not return while an instance may still read them,
-    even when it raises (a deadline that passes while the request's batch runs waits for that batch).
+    A request's feeds may live in its scratch buffers, which it gives back when ``execute`` returns
+    (server/scratch.py's rule), so ``execute`` must not return while an instance may still read them, even
+    when it raises (a deadline that passes while the request's batch runs waits for that batch).
     The deadline is checked here, and only here: right before an instance starts on the request.
     """
 
@@ -195,7 +195,7 @@ class DynamicBatcher:
                 running = item.taken
                 if not running:  # still queued: whoever forms the next batch skips it
                     item.abandoned = True
-            if running:  # its feeds may be in this thread's scratch (Scheduler's rule): wait for the batch
+            if running:  # its feeds may be in its scratch buffers (Scheduler's rule): wait for the batch
                 item.done.wait()
             raise _expired(self.name)
         if item.error is not None:

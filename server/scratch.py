@@ -2,7 +2,7 @@
 out of a shared-memory region.
 
 A fresh 600 KB allocation per request costs page faults and zero-filling, several times the copy itself into
-warm memory (bench/results/fastpath/alignment.md), so buffers are reused from request to request through one
+warm memory (bench/results/decisions/alignment.md), so buffers are reused from request to request through one
 pool per server process.
 
 The rule, the only one: **a scratch buffer belongs to one request from the moment it is taken until that
@@ -91,7 +91,7 @@ class ScratchPool:
 def aligned_copy(arr: np.ndarray, into: np.ndarray) -> np.ndarray:
     """``arr`` copied into ``into`` (uint8, at least ``arr.nbytes``), viewed with ``arr``'s dtype and shape."""
     out = into[: arr.nbytes]
-    # As bytes: numpy's copy loop for a misaligned typed source is slower than a plain memcpy (measured when
-    # the hot path was built; `tensorwire bench alignment` times the copy).
+    # As bytes: numpy's copy loop for a misaligned typed source is slower than a plain memcpy
+    # (bench/results/decisions/alignment.md).
     np.copyto(out, arr.reshape(-1).view(np.uint8))
     return out.view(arr.dtype).reshape(arr.shape)

@@ -178,7 +178,7 @@ def _lane_outputs(request: InferRequest, lane: FastLane) -> list[str] | None:
 
 def _realigned(arr: np.ndarray, prep: PreparedRequest, scratch: ScratchPool) -> np.ndarray:
     """A misaligned view copied into a scratch buffer the request holds: ONNX Runtime takes a slow path on
-    misaligned data and a copy is cheaper (bench/results/fastpath/alignment.md)."""
+    misaligned data and a copy is cheaper (bench/results/decisions/alignment.md)."""
     buf = scratch.take(arr.nbytes)
     prep.scratch.append(buf)
     prep.misaligned += 1

@@ -87,7 +87,7 @@ def _run_check(args) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="export the built-in MLP, serve it, call it, print results and latency")
-    p.add_argument("--model-repository", "--repository", type=Path, default=Path("model_repository"),
+    p.add_argument("--model-repository", type=Path, default=Path("model_repository"),
                    help="model repository to write, the same one serve reads (default ./model_repository)")
     p.add_argument("--requests", type=int, default=200, help="requests for the latency figures (default 200)")
     p.add_argument("--fastpath", choices=CODEC_CHOICES, default="auto",

@@ -73,7 +73,7 @@ def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None
     Its port file and log go to ``workdir`` if given (kept), else to a temporary directory removed on exit;
     ``ServerProcess.log()`` still answers after that. ``tls`` and ``headers`` are what a client needs to
     reach a server started with TLS or restricted protocols; ``python`` runs another environment's
-    interpreter (the packaging test serves from a freshly installed wheel that way; bench ab compares two).
+    interpreter (the packaging test serves from a freshly installed wheel that way).
     """
     with contextlib.ExitStack() as stack:
         if workdir is None:

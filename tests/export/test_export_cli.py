@@ -34,7 +34,7 @@ def test_factory_module_exported_by_cli_is_served_like_pytorch(tmp_path):
            "--input", "input_ids:2x16:int64:0..99", "--input", "attention_mask:2x16:int64:0..1",
            "--dynamic", "input_ids:0:batch", "--dynamic", "input_ids:1:sequence",
            "--dynamic", "attention_mask:0:batch", "--dynamic", "attention_mask:1:sequence",
-           "--output", "logits", "--name", "tiny", "--repository", str(repo)]
+           "--output", "logits", "--name", "tiny", "--model-repository", str(repo)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -65,7 +65,7 @@ def test_factory_module_exported_by_cli_is_served_like_pytorch(tmp_path):
 
 
 def test_builtin_through_cli_in_process(tmp_path, capsys):
-    args = _parser().parse_args(["export", "mlp", "--repository", str(tmp_path), "--max-batch-size", "4",
+    args = _parser().parse_args(["export", "mlp", "--model-repository", str(tmp_path), "--max-batch-size", "4",
                                  "--parity-shape", "batch=3"])
     assert cli.run(args) == 0
     out = capsys.readouterr().out
@@ -83,7 +83,7 @@ def test_builtin_through_cli_in_process(tmp_path, capsys):
     (["export", "mlp", "--dynamic", "input:zero:batch"], "expected NAME:AXIS:LABEL"),
 ])
 def test_cli_usage_errors(tmp_path, capsys, argv, message):
-    args = _parser().parse_args([*argv, "--repository", str(tmp_path)])
+    args = _parser().parse_args([*argv, "--model-repository", str(tmp_path)])
     assert cli.run(args) == 2
     assert message in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""Issue 13 item 6: INT8 dynamic (transformers) and static QDQ (convolutions), with its cost in the report."""
+"""INT8 dynamic (transformers) and static QDQ (convolutions), with its cost in the report."""
 
 from __future__ import annotations
 

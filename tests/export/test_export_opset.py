@@ -1,4 +1,4 @@
-"""Issue 13 item 1: the exporter's own opset by default; a lower one falls back, with a note, when it cannot be had."""
+"""The exporter's own opset by default; a lower one falls back, with a note, when it cannot be had."""
 
 from __future__ import annotations
 

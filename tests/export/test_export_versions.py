@@ -1,4 +1,4 @@
-"""Issue 13 item 5: re-exporting writes the next version; --version N refuses to replace N without --overwrite."""
+"""Re-exporting writes the next version; --version N refuses to replace N without --overwrite."""
 
 from __future__ import annotations
 

@@ -99,10 +99,10 @@ def _option(path: str, flag: str) -> argparse.Action:
 
 def test_shared_choices_come_from_one_table():
     """Codec choices and built-in model names are read from their one source, not restated in parsers."""
-    from tensorwire.export import BUILTINS
+    from tensorwire.export import BUILTIN_NAMES
     from tensorwire.fastpath import CODEC_CHOICES
 
     for path in ("tensorwire demo", "tensorwire bench overhead"):
         assert tuple(_option(path, "--fastpath").choices) == CODEC_CHOICES, path
     for path, flag in (("tensorwire bench compare", "--models"), ("tensorwire bench overhead", "--model")):
-        assert all(name in _option(path, flag).help for name in BUILTINS), path
+        assert all(name in _option(path, flag).help for name in BUILTIN_NAMES), path

@@ -27,5 +27,5 @@ def test_demo_and_overhead_accept_the_old_repository_flag():
     from tensorwire.cli import build_parser
 
     parser = build_parser()
-    assert parser.parse_args(["demo", "--repository", "r"]).model_repository == Path("r")
-    assert parser.parse_args(["bench", "overhead", "--repository", "r"]).model_repository == Path("r")
+    assert parser.parse_args(["demo", "--model-repository", "r"]).model_repository == Path("r")
+    assert parser.parse_args(["bench", "overhead", "--model-repository", "r"]).model_repository == Path("r")

@@ -101,10 +101,6 @@ def test_the_walk_sees_function_level_relative_and_string_imports(tmp_path, monk
 
 @pytest.mark.parametrize(("module", "other"), [("app", "workers"), ("workers", "app")])
 def test_server_app_and_workers_do_not_import_each_other(module, other):
-    """The worker supervisor starts servers and the server starts workers: a cycle the CLI should own.
-
-    NOTE (house-work branch): this fails until the lead's server/ change that moves worker dispatch to
-    the CLI is merged; it is the issue's acceptance check, deliberately not weakened here.
-    """
+    """The worker supervisor starts servers and the server starts workers: a cycle the CLI owns."""
     names = imported_names(ROOT / "server" / f"{module}.py")
     assert f"tensorwire.server.{other}" not in names

@@ -1,4 +1,4 @@
-"""Issue 11, bounded memory per request: the amplification cases against a real server, real ONNX Runtime.
+"""Bounded memory per request: the amplification cases against a real server, real ONNX Runtime.
 
 Each case goes to a fresh `tensorwire serve` on loopback (fresh, so memory a previous case left in the
 allocator cannot hide this one's cost); its peak is the server's VmHWM, reset through /proc/PID/clear_refs

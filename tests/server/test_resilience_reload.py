@@ -1,4 +1,4 @@
-"""Reload semantics (issue 11, item 4) on a real server in explicit mode under 8 concurrent clients: a
+"""Reload semantics on a real server in explicit mode under 8 concurrent clients: a
 broken or half-copied new version leaves the serving version answering with zero failed requests, a
 reload drains what the old instance had queued, and a load and an unload of one model run in order."""
 

@@ -253,7 +253,7 @@ def test_generated_requests_fast_lane_agrees_with_prepare():
     assert sum(took_lane) >= len(took_lane) // 10, f"only {sum(took_lane)} of {len(took_lane)} took the lane"
 
 
-# --- bounds on what a request may cost (issue 11, docs/resilience.md "Memory per request") ------------------
+# --- bounds on what a request may cost (docs/resilience.md "Memory per request") ------------------
 
 LIMITS = RequestLimits(max_bytes_elements=10, max_typed_contents_bytes=64, max_response_bytes=1000)
 
