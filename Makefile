@@ -28,7 +28,10 @@ $(VENV)/.installed-test: $(SOURCES) | $(BIN)/python
 demo: $(VENV)/.installed-demo
 	$(BIN)/tensorwire demo
 
+# Installs the system packages some tests need when it can (root or passwordless sudo; .ci/system-packages.sh);
+# otherwise those tests skip with the reason.
 test: $(VENV)/.installed-test
+	@bash .ci/system-packages.sh
 	$(BIN)/pytest
 
 lint: $(BIN)/python

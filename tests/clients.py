@@ -101,3 +101,26 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 90.0
             raise TimeoutError(f"not seen within {timeout_s}s: {what}")
         time.sleep(0.05)
     return time.monotonic() - start
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of one scrape of a metrics endpoint: (sample name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def sample(samples: dict, name: str, **labels) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def wait_for_pending(server, model: str, count: int, version: str = "1") -> None:
+    """Until ``count`` requests of ``model`` wait or run in the server (Triton's pending-request gauge): an
+    event to order a test by, instead of a sleep."""
+    wait_until(lambda: sample(scrape(server.metrics_url), "nv_inference_pending_request_count", model=model,
+                              version=version) >= count, f"{count} request(s) of {model} pending")

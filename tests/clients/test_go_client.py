@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from system_tools import require_system
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "tests" / "go" / "build.sh"
@@ -60,10 +61,6 @@ class GoClient:
         )
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() == "true"
-
-
 def _missing_toolchain() -> list[str]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     missing += [str(GOCODE / "src" / pkg) for pkg in GO_SOURCES if not (GOCODE / "src" / pkg).is_dir()]
@@ -77,12 +74,7 @@ def _describe(proc: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="session")
 def go_client(tmp_path_factory: pytest.TempPathFactory) -> GoClient:
     """Generates the stubs and builds the client once per session, in a temporary directory."""
-    missing = _missing_toolchain()
-    if missing:
-        reason = f"Go toolchain missing ({', '.join(missing)}); install with: {INSTALL}"
-        if _in_ci():
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(f"reason: {reason}")
+    require_system("Go toolchain", _missing_toolchain(), INSTALL)
 
     work = tmp_path_factory.mktemp("go-client")
     binary = work / "bin" / "kserve_client"

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.grpc as grpcclient
+from clients import wait_for_pending
 from models import ADD_SUB_CONFIG, add_sub_model, identity_model, write_model
 from onnx import TensorProto, helper
 from serving import start_server
@@ -163,7 +164,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path):
 
         t = threading.Thread(target=call)
         t.start()
-        time.sleep(0.2)  # the request is in flight
+        wait_for_pending(s, "slow", 1)  # the request is in flight
         signalled = time.monotonic()
         s.process.send_signal(signal.SIGTERM)
         t.join(timeout=60)
@@ -211,8 +212,9 @@ def test_triton_repository_copy_loads_unchanged(tmp_path, test_repository):
 
 
 def test_expired_deadline_is_not_computed(tmp_path):
-    """With one handler thread busy for ~1 s, a request with a 0.3 s deadline expires while it waits:
-    the client gets DEADLINE_EXCEEDED and the server never runs the model for it."""
+    """With the one handler thread busy, a request with a 0.3 s deadline expires while it waits: the client
+    gets DEADLINE_EXCEEDED and the server never runs the model for it (a later request, served after it
+    by the same thread, is)."""
     repo = tmp_path / "models"
     write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
     with start_server(repo, "--handler-threads", "1") as s:
@@ -223,15 +225,15 @@ def test_expired_deadline_is_not_computed(tmp_path):
         c.infer("slow", [inp])  # warm up: execution 1
         busy = threading.Thread(target=lambda: c.infer("slow", [inp]))  # execution 2
         busy.start()
-        time.sleep(0.1)
+        wait_for_pending(s, "slow", 1)  # execution 2 holds the only handler thread
         with pytest.raises(InferenceServerException) as err:
             c.infer("slow", [inp], client_timeout=0.3)
         assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
         busy.join(timeout=60)
-        time.sleep(0.5)  # let the expired request reach the handler, if it ever does
+        c.infer("slow", [inp])  # execution 3, after the expired request reached the thread (or never did)
         stats = c.get_inference_statistics("slow", as_json=True)["model_stats"][0]
-        assert int(stats["execution_count"]) == 2
-        assert int(stats["inference_stats"]["success"]["count"]) == 2
+        assert int(stats["execution_count"]) == 3
+        assert int(stats["inference_stats"]["success"]["count"]) == 3
 
 
 def test_more_rpcs_than_admitted_get_resource_exhausted(tmp_path):
@@ -244,7 +246,7 @@ def test_more_rpcs_than_admitted_get_resource_exhausted(tmp_path):
         inp.set_data_from_numpy(x)
         busy = threading.Thread(target=lambda: c.infer("slow", [inp]))
         busy.start()
-        time.sleep(0.2)  # the one admitted RPC is running
+        wait_for_pending(s, "slow", 1)  # the one admitted RPC is running
         with pytest.raises(InferenceServerException) as err:
             grpcclient.InferenceServerClient(s.address).infer("slow", [inp])
         assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"

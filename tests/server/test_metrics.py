@@ -7,28 +7,14 @@ import json
 import socket
 import subprocess
 import sys
-import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from clients import add_sub_inputs
+from clients import add_sub_inputs, sample, scrape
 from models import ADD_SUB_CONFIG, add_sub_model, write_model
-from prometheus_client.parser import text_string_to_metric_families
 from serving import start_server
 from tritonclient.utils import InferenceServerException
-
-
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    """Every sample of one scrape: (sample name, sorted labels) -> value."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
-def sample(samples: dict, name: str, **labels) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Batcher invariants that need exact timing control, with a runner that sleeps (the server tests cover
-the same scheduler behind real ONNX Runtime sessions)."""
+"""Scheduler invariants that need exact ordering, with runners that block on events (the server tests cover
+the same schedulers behind real ONNX Runtime sessions)."""
 
 from __future__ import annotations
 
@@ -21,24 +21,43 @@ def _prep(value: float) -> PreparedRequest:
 
 
 def test_expired_request_in_a_running_batch_waits_for_the_batch():
-    """Its inputs may sit in its thread's scratch buffer: the thread must not move on while they are read."""
+    """Its feeds may sit in its scratch buffers: its caller must not return while the batch still reads them,
+    even when its deadline passes during the run."""
+    started = [threading.Event(), threading.Event()]
+    release = [threading.Event(), threading.Event()]
     finished: list[float] = []
 
     def runner(feeds, names):
-        time.sleep(0.5)
+        batch = len(finished)
+        started[batch].set()
+        release[batch].wait(30)
         finished.append(time.monotonic())
         return [feeds["x"] * 2]
 
     batcher = DynamicBatcher("m", [runner], ModelStatistics(), 8, [], 0, 16)
+    outcome: dict = {}
+
+    def second() -> None:
+        try:
+            batcher.execute(_prep(2.0), Call(deadline=deadline))
+        except DeadlineExceeded:
+            outcome["raised"] = time.monotonic()
+
     try:
         first = threading.Thread(target=lambda: batcher.execute(_prep(1.0), ANY_CALLER))
-        first.start()  # leads: runs for 0.5 s on its own thread
-        time.sleep(0.1)
-        with pytest.raises(DeadlineExceeded):  # queued, then taken at ~0.5 s, runs until ~1.0 s
-            batcher.execute(_prep(2.0), Call(deadline=time.monotonic() + 0.7))
-        raised = time.monotonic()
-        first.join()
-        assert len(finished) == 2 and raised >= finished[1]
+        first.start()
+        assert started[0].wait(30)  # the first batch runs, alone
+        deadline = time.monotonic() + 3.0
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        release[0].set()
+        assert started[1].wait(30)  # the second request's batch starts before its deadline
+        while time.monotonic() <= deadline:  # and its deadline passes while the batch runs
+            time.sleep(0.05)
+        release[1].set()
+        waiter.join(30)
+        first.join(30)
+        assert len(finished) == 2 and outcome["raised"] >= finished[1]
     finally:
         batcher.close()
 
