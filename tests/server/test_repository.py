@@ -27,18 +27,36 @@ def _add(model, offset: float) -> float:
     return float(model.infer(request).outputs[0].data[0, 0])
 
 
-def test_a_load_failing_outside_our_checks_leaves_a_state_with_the_reason(tmp_path):
+def test_a_load_failing_outside_our_checks_leaves_a_state_with_the_reason(tmp_path, monkeypatch):
+    """A failure no check foresaw (here: a bug in a step of the load) is told by its kind only, and the
+    model keeps it as its state; the other models load."""
+    import tensorwire.server.repository as repository_module
+
+    def flawed(cfg):
+        if cfg.name == "broken":
+            raise KeyError("/host/path/that/must/not/leak")
+
+    monkeypatch.setattr(repository_module, "check_supported", flawed)
     write_model(tmp_path, "good", add_sub_model(), "max_batch_size: 8\n")
-    write_model(tmp_path, "broken", add_sub_model(), None)
-    (tmp_path / "broken" / "config.pbtxt").write_bytes(b"max_batch_size: 8 # \xff\xfe not UTF-8\n")
+    write_model(tmp_path, "broken", add_sub_model(), "max_batch_size: 8\n")
     repo = _repository(tmp_path)
     repo.load_all()  # the server still starts
     states = {name: (state, reason) for name, _, state, reason in repo.index()}
     assert states["good"][0] == READY
-    assert states["broken"][0] == UNAVAILABLE and "UnicodeDecodeError" in states["broken"][1]
+    assert states["broken"][0] == UNAVAILABLE and "KeyError" in states["broken"][1]
+    assert "/host/path" not in states["broken"][1]
     assert repo.startup_failures == ["broken"]
     with pytest.raises(ModelLoadError, match="cannot load"):
         repo.load("broken")
+
+
+def test_a_config_that_is_not_utf8_is_refused_with_the_reason(tmp_path):
+    write_model(tmp_path, "broken", add_sub_model(), None)
+    (tmp_path / "broken" / "config.pbtxt").write_bytes(b"max_batch_size: 8 # \xff\xfe not UTF-8\n")
+    repo = _repository(tmp_path)
+    repo.load_all()
+    states = {name: (state, reason) for name, _, state, reason in repo.index()}
+    assert states["broken"][0] == UNAVAILABLE and "not UTF-8 text" in states["broken"][1]
 
 
 def test_config_override_name_and_batch_size(tmp_path):
