@@ -22,7 +22,7 @@ COMMANDS = {
     "fastpath": ("tensorwire.bench.fastpath_e2e", "server with the extension vs the twin vs a bare grpcio echo"),
     "batching": ("tensorwire.bench.batching", "dynamic batching off/on/eager x 1 and 2 workers under load"),
     "alignment": ("tensorwire.bench.alignment", "ONNX Runtime on aligned vs misaligned input views"),
-    "resilience": ("tensorwire.bench.resilience", "stalled clients and a killed worker: what the others still get"),
+    "resilience": ("tensorwire.bench.resilience", "stalled clients, a killed worker, a metrics flood"),
     "ab": ("tensorwire.bench.ab", "two installations side by side (before/after figures)"),
     "memory": ("tensorwire.bench.memory", "peak server memory per hostile request vs a bare grpcio receive"),
     "shared-memory": ("tensorwire.bench.shared_memory",
