@@ -35,16 +35,25 @@ WINDOW_S = 0.25
 
 
 class LiveProbe:
-    """ServerLive in a loop on one channel from a thread: every call as (start, seconds, ok)."""
+    """ServerLive in a loop on one channel from a daemon thread while the block runs: every call as
+    (start, seconds, ok); a failed call is followed by a 0.1 s pause, so a server that is gone costs little."""
 
     def __init__(self, address: str) -> None:
         self.calls: list[tuple[float, float, bool]] = []
         self._stop = threading.Event()
         self._channel = grpc.insecure_channel(address)
         self._live = self._channel.unary_unary(LIVE_PATH)
-        self._live(b"", timeout=30)
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LiveProbe:
+        self._live(b"", timeout=30)
         self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        self._channel.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -55,13 +64,7 @@ class LiveProbe:
             except grpc.RpcError:
                 ok = False
             self.calls.append((t0, time.monotonic() - t0, ok))
-            time.sleep(0.002)
-
-    def stop(self) -> list[tuple[float, float, bool]]:
-        self._stop.set()
-        self._thread.join(timeout=60)
-        self._channel.close()
-        return self.calls
+            self._stop.wait(0.002 if ok else 0.1)
 
 
 def time_to_normal(calls: list[tuple[float, float, bool]], since: float, normal_s: float) -> float:
@@ -91,15 +94,15 @@ def half_sent(repo: Path, server_args: list[str], workers: int, send: bytes, set
     server; ServerLive measured before, during and for ``settle_s`` after."""
     with tensorwire_server(repo, "--workers", str(workers), *server_args) as server:
         _scrape_ok(server.metrics_url)
-        probe = LiveProbe(server.address)
-        time.sleep(2.0)
-        start = time.monotonic()
-        flood = TcpConnections(server.metrics_port, HALF_SENT_COUNT, send)
-        refused = flood.failed + flood.server_closed()
-        closed = time.monotonic()
-        flood.close()
-        time.sleep(settle_s)
-        calls = probe.stop()
+        with LiveProbe(server.address) as probe:
+            time.sleep(2.0)
+            start = time.monotonic()
+            flood = TcpConnections(server.metrics_port, HALF_SENT_COUNT, send)
+            refused = flood.failed + flood.server_closed()
+            closed = time.monotonic()
+            flood.close()
+            time.sleep(settle_s)
+        calls = probe.calls
         page_ok = _scrape_ok(server.metrics_url)
     before = [d for t, d, ok in calls if t < start and ok]
     normal_s = max(2 * percentile_ms(before, 50) / 1e3, NORMAL_FLOOR_S)
@@ -120,17 +123,17 @@ def idle(repo: Path, server_args: list[str], workers: int, hold_s: float = 0.5) 
     with tensorwire_server(repo, "--workers", str(workers), *server_args) as server:
         pid = server.process.pid
         _scrape_ok(server.metrics_url)  # the page builder's thread exists from the first scrape on
-        probe = LiveProbe(server.address)  # and a gRPC handler thread from the first call on
-        time.sleep(0.5)
-        threads_before = status_field(pid, "Threads")
-        t0 = time.monotonic()
-        flood = TcpConnections(server.metrics_port, IDLE_COUNT)
-        open_s = time.monotonic() - t0
-        time.sleep(hold_s)
-        threads_held = status_field(pid, "Threads")
-        refused = flood.failed + flood.server_closed()
-        scrape_ok = _scrape_ok(server.metrics_url)
-        calls = probe.stop()
+        with LiveProbe(server.address) as probe:  # a gRPC handler thread exists from its first call on
+            time.sleep(0.5)
+            threads_before = status_field(pid, "Threads")
+            t0 = time.monotonic()
+            flood = TcpConnections(server.metrics_port, IDLE_COUNT)
+            open_s = time.monotonic() - t0
+            time.sleep(hold_s)
+            threads_held = status_field(pid, "Threads")
+            refused = flood.failed + flood.server_closed()
+            scrape_ok = _scrape_ok(server.metrics_url)
+        calls = probe.calls
         t0 = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         code = server.process.wait(timeout=120)

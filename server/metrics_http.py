@@ -144,17 +144,20 @@ class MetricsHttpServer:
             writer.transport.abort()
             return
         self._open.add(writer)
+        writer.transport.set_write_buffer_limits(high=0)  # drain() returns once the kernel has the answer
+        end = writer.transport.abort  # unless the connection ends in order: nothing of it is worth flushing
         try:
             first = True
             while await self._one_request(reader, writer, first):
                 first = False
+            end = writer.transport.close
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # a client that stalls, closes early or sends too much: its connection just ends
         except asyncio.CancelledError:
             pass  # close(): the task ends here, so asyncio's stream callback finds no error to report
         finally:
             self._open.discard(writer)
-            writer.transport.abort()
+            end()
 
     async def _read_head(self, reader: asyncio.StreamReader, first: bool) -> bytes:
         """A request head: its first byte within the header timeout (a new connection) or the idle timeout
