@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+log = logging.getLogger("tensorwire.metrics")
 
 HEAD_END = b"\r\n\r\n"
 PAGE_PATH = "/metrics"
@@ -197,6 +200,7 @@ class MetricsHttpServer:
             try:
                 page = await self._loop.run_in_executor(self._builder, self.cache.get)
             except Exception as exc:  # a collector that fails: say so, keep serving
+                log.warning("metrics page not built: %s: %s", type(exc).__name__, exc)
                 body = f"metrics page not built: {type(exc).__name__}\n".encode()
                 return _response("500 Internal Server Error", body, "text/plain", request.keep_alive)
         return _response("200 OK", page, self._content_type, request.keep_alive, request.method == "HEAD")

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -74,7 +75,8 @@ def test_the_page_is_never_built_twice_at_once():
     assert pages == [PAGE] * 16 and cache.builds == 1 and peak[0] == 1
 
 
-def test_a_failed_build_is_not_kept():
+def _fails_once() -> Callable[[], bytes]:
+    """A page build that raises the first time and returns PAGE after."""
     outcomes = iter([RuntimeError("collector failed"), PAGE])
 
     def build() -> bytes:
@@ -83,7 +85,11 @@ def test_a_failed_build_is_not_kept():
             raise outcome
         return outcome
 
-    cache = PageCache(build)
+    return build
+
+
+def test_a_failed_build_is_not_kept():
+    cache = PageCache(_fails_once())
     with pytest.raises(RuntimeError):
         cache.get()
     assert cache.get() == PAGE and cache.builds == 1
@@ -262,3 +268,18 @@ def test_idle_metrics_connections_take_no_threads_and_sigterm_still_stops(repo):
         s.process.send_signal(signal.SIGTERM)
         assert s.process.wait(timeout=60) == 0  # the default grace is 10 s; generous beyond it
         flood.close()
+
+
+def test_a_failing_page_is_answered_500_and_the_endpoint_keeps_serving():
+    server = MetricsHttpServer("127.0.0.1", 0, PageCache(_fails_once()), "text/plain")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("GET", "/metrics")
+        first = conn.getresponse()
+        assert first.status == 500 and b"RuntimeError" in first.read()
+        conn.request("GET", "/metrics")
+        second = conn.getresponse()
+        assert second.status == 200 and second.read() == PAGE
+        conn.close()
+    finally:
+        server.close()
