@@ -18,7 +18,7 @@ COMMANDS = {
     "load": ("tensorwire.bench.load", "load-test any KServe v2 gRPC endpoint (closed and open loop)"),
     "overhead": ("tensorwire.bench.overhead", "the server's overhead per request: in-process vs over gRPC vs echo"),
     "batching": ("tensorwire.bench.batching", "dynamic batching off/on/eager x 1 and 2 workers under load"),
-    "resilience": ("tensorwire.bench.resilience", "stalled clients and a killed worker: what the others still get"),
+    "resilience": ("tensorwire.bench.resilience", "stalled clients, a killed worker, a metrics flood"),
     "memory": ("tensorwire.bench.memory", "peak server memory per hostile request vs a bare grpcio receive"),
     "cpu": ("tensorwire.bench.cpu", "server CPU per request, unary and streaming, variants beside a grpcio echo"),
     "triton-perf": ("tensorwire.bench.triton_perf", "perf_analyzer: plain gRPC vs system shared memory vs streaming"),

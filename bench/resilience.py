@@ -5,15 +5,20 @@ a fresh server is started, the stalled calls are opened, and a well-behaved clie
 grpc.health.v1 Check and a ModelInfer on the small MLP for ``--duration`` seconds: its errors by status,
 p50 and p99, the server's thread count and RSS while stalled, and how long after the stalled clients go
 away the server answers again. Then one of two workers is killed while clients on the other keep calling:
-how long until a replacement listens, and what the survivors' clients saw. Loopback only, bounded.
+how long until a replacement listens, and what the survivors' clients saw. Then the metrics port is
+flooded (bench/metrics_flood.py): ServerLive during and after 2,000 half-sent metrics requests closed at
+once, and the thread count and SIGTERM time with 9,000 idle metrics connections. Loopback only, bounded.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import datetime
 import os
+import shlex
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -23,10 +28,11 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tensorwire.bench import metrics_flood
 from tensorwire.bench.models import mlp_model, write_model
 from tensorwire.bench.procnet import client_ports, descendants, listening, worker_of
 from tensorwire.bench.procstat import status_field
-from tensorwire.bench.report import write_rows
+from tensorwire.bench.report import write_payload
 from tensorwire.bench.stall import stalled
 from tensorwire.bench.stats import percentile_ms
 from tensorwire.client import InferenceClient, encode_request
@@ -34,6 +40,7 @@ from tensorwire.errors import RequestError
 from tensorwire.launcher import tensorwire_server
 
 SCENARIOS = ((0, 0), (300, 100), (1000, 200))
+CASES = ("stalls", "kill", "metrics")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,11 +50,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra `tensorwire serve` argument, repeatable, e.g. --server-arg=--handler-threads=64 "
                    "(default: none)")
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"comma-separated subset of {', '.join(CASES)} (default: all; a record is one whole run)")
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = run_scenarios(args.duration, args.server_arg, args.out)
-    return 0 if rows else 1
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        raise SystemExit(f"--cases: unknown {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
+    payload = run_scenarios(args.duration, args.server_arg, args.out, cases)
+    return 0 if payload else 1
+
+
+def _command() -> str:
+    """The command line that produced this run, as a reader would type it again."""
+    argv = sys.argv[1:]
+    flags = argv[argv.index("resilience") + 1:] if "resilience" in argv else argv
+    return shlex.join(["tensorwire", "bench", "resilience", *flags])
 
 
 def _proc_status(pid: int) -> dict[str, int]:
@@ -177,24 +197,42 @@ def _markdown(rows: list[dict], server_args: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_scenarios(duration: float, server_args: list[str], out: Path | None) -> list[dict]:
+def _repository(tmp: str) -> Path:
+    return write_model(Path(tmp) / "models", "mlp", mlp_model(), "max_batch_size: 8\n").parent
+
+
+def run_scenarios(duration: float, server_args: list[str], out: Path | None,
+                  cases: list[str] | tuple[str, ...] = CASES) -> dict:
+    """Run ``cases`` and, with ``out``, write them as one record (command, date, machine, every figure)."""
+    from tensorwire.bench.machine import describe
+
+    payload: dict = {"kind": "resilience", "command": _command(),
+                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "machine": describe(), "rows": []}
+    parts = []
     with tempfile.TemporaryDirectory(prefix="tensorwire-bench-") as tmp:
-        repo = Path(tmp) / "models"
-        write_model(repo, "mlp", mlp_model(), "max_batch_size: 8\n")
-        rows = []
-        for half_sent, idle in SCENARIOS:
-            rows.append(_scenario(repo, half_sent, idle, duration, server_args))
-            print(_markdown(rows[-1:], server_args).splitlines()[-1], flush=True)
-        kill = worker_kill(repo, server_args)
-    table = _markdown(rows, server_args) + (
-        "\n\nkill -9 of one of two workers: a replacement listened after "
-        f"{kill['replacement_listening_after_s']:.2f} s; "
-        f"{kill['survivor_failures']} failed of {kill['survivor_calls']} calls on the "
-        f"{kill['survivor_connections']} connections to the surviving worker")
-    print(table)
+        repo = _repository(tmp)
+        if "stalls" in cases:
+            for half_sent, idle in SCENARIOS:
+                payload["rows"].append(_scenario(repo, half_sent, idle, duration, server_args))
+                print(_markdown(payload["rows"][-1:], server_args).splitlines()[-1], flush=True)
+            parts.append(_markdown(payload["rows"], server_args))
+        if "kill" in cases:
+            kill = worker_kill(repo, server_args)
+            payload["rows"].append({"worker_kill": kill})
+            parts.append("kill -9 of one of two workers: a replacement listened after "
+                         f"{kill['replacement_listening_after_s']:.2f} s; {kill['survivor_failures']} failed of "
+                         f"{kill['survivor_calls']} calls on the {kill['survivor_connections']} connections to "
+                         "the surviving worker")
+        if "metrics" in cases:
+            payload["metrics_flood"] = metrics_flood.run_cases(repo, server_args)
+            parts.append(metrics_flood.markdown(payload["metrics_flood"]))
+    text = f"`{payload['command']}` ({payload['date']})\n\n" + "\n\n".join(parts) + "\n"
     if out:
-        write_rows([*rows, {"worker_kill": kill}], table, out, "resilience")
-    return rows
+        write_payload(payload, text, out, "resilience")
+    else:
+        print(text)
+    return payload
 
 
 if __name__ == "__main__":

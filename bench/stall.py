@@ -5,12 +5,15 @@ gRPC message announces more bytes than it sends, then waits; a reader thread per
 connection alive (it acknowledges settings and answers pings, as a stalled client's HTTP/2 stack does).
 ``IdleStreams`` opens ModelStreamInfer streams with stock grpcio and never sends a request. Both count
 calls the server ended (``ended``), so a test can see when a server cut them, and both close on exit.
+``TcpConnections`` opens plain TCP connections to the metrics port that send part of a request (or
+nothing) and stall, to be closed all at once.
 Loopback only: the benchmarks and tests point them at a server they started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import resource
 import socket
 import struct
 import threading
@@ -20,6 +23,8 @@ import grpc
 
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+# A metrics request whose head never ends (no blank line): the server waits for the rest of it.
+HALF_SENT_METRICS = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
 
 
 class _Connection:
@@ -131,3 +136,52 @@ def stalled(address: str, half_sent: int, idle_streams: int) -> Iterator[tuple[H
     finally:
         calls.close()
         streams.close()
+
+
+class TcpConnections:
+    """``count`` TCP connections to ``host:port``, each having sent ``send`` (nothing by default), then
+    stalled. ``failed`` counts those the server refused or reset before ``send`` went out (they are closed
+    at once); :meth:`close` closes the rest together, as a client that gives up on all of them does."""
+
+    def __init__(self, port: int, count: int, send: bytes = b"", host: str = "127.0.0.1") -> None:
+        self.sockets: list[socket.socket] = []
+        self.failed = 0
+        for _ in range(count):
+            sock = None
+            try:
+                sock = socket.create_connection((host, port), timeout=30)
+                sock.settimeout(None)  # blocking: a socket with a timeout would wait in server_closed's peek
+                if send:
+                    sock.sendall(send)
+                self.sockets.append(sock)
+            except OSError:
+                self.failed += 1
+                if sock is not None:
+                    sock.close()
+
+    def server_closed(self) -> int:
+        """How many of the open connections the server has closed or reset (read without waiting)."""
+        closed = 0
+        for sock in self.sockets:
+            try:
+                closed += sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+        return closed
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+
+def raise_open_files(needed: int) -> int:
+    """Raise this process's soft limit on open files towards ``needed`` (never past the hard limit) and
+    return the soft limit now in force; children started afterwards inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

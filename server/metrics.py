@@ -12,7 +12,10 @@ multiprocess mode was the other choice; it cannot carry custom collectors or per
 every sample would pay an mmap write (docs/operations.md, "Metrics").
 
 The endpoint is plaintext HTTP without authentication: anyone who reaches it reads model names and
-traffic. It listens on ``--metrics-address`` (default: the gRPC ``--host``).
+traffic. It listens on ``--metrics-address`` (default: the gRPC ``--host``), served by
+:mod:`tensorwire.server.metrics_http`: one thread for every connection, bounded connections and timeouts,
+and a page built at most once per second however many ask (with ``--workers N`` that page is the
+parent's sum, so the workers are read at most once per second too).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import Metric
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tensorwire.errors import SettingsError
 from tensorwire.server.logs import event
+from tensorwire.server.metrics_http import MetricsHttpServer, PageCache
 from tensorwire.server.statistics import BATCH_BUCKETS, FAILURE_REASONS, LATENCY_BUCKETS_US
 
 if TYPE_CHECKING:
@@ -166,14 +170,15 @@ class MetricsEndpoint:
 
     def __init__(self, settings: ServerSettings, registry: CollectorRegistry) -> None:
         address = settings.metrics_address or settings.host
+        self.cache = PageCache(lambda: generate_latest(registry))
         try:
-            self._server, self._thread = start_http_server(settings.metrics_port, address, registry)
+            self._server = MetricsHttpServer(address, settings.metrics_port, self.cache, CONTENT_TYPE_PLAIN_0_0_4)
         except OSError as exc:
             raise SettingsError(
                 f"cannot serve metrics on {address}:{settings.metrics_port} (--metrics-port "
                 f"{settings.metrics_port}, --metrics-address {address}): {exc.strerror or exc}; choose a free "
                 "port, 0 for any, or --allow-metrics=false") from None
-        self.address, self.port = address, self._server.server_port
+        self.address, self.port = address, self._server.port
         event(log, "metrics_started", "metrics on http://%s:%d/metrics (plaintext HTTP, no authentication: "
               "anyone who can reach this port reads model names and traffic; docs/operations.md)", address,
               self.port, address=address, port=self.port)
@@ -181,8 +186,8 @@ class MetricsEndpoint:
             settings.metrics_port_file.write_text(str(self.port))
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop listening and end every metrics connection at once (nothing here holds up a drain)."""
+        self._server.close()
 
 
 def start_metrics(settings: ServerSettings, models: Callable[[], list[Model]]) -> MetricsEndpoint | None:
