@@ -58,6 +58,7 @@ from tensorwire.server.security import refusal_details, restriction_table
 log = logging.getLogger("tensorwire.grpc")
 
 IDLE_EXIT_S = 10.0
+QUIESCE_S = 300.0  # longest wait, after a cut grace, for the model runs still going before the process exits
 # Calls requested from grpc core ahead of time, so that a burst of new calls never waits for a poller to ask.
 CALLS_REQUESTED = 32
 HEALTH_CHECK = f"/{HEALTH_SERVICE}/Check"
@@ -192,6 +193,7 @@ class Rpc:
         self.initial_sent = False
         self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        loop.call_opened()
 
     def begin(self) -> None:
         self.batch((cygrpc.ReceiveCloseOnServerOperation(0),), self._on_close)
@@ -213,6 +215,7 @@ class Rpc:
                 callback()
             except Exception:
                 log.exception("internal error in a call-end callback")
+        self.loop.call_closed()
 
     def on_end(self, callback: Callable[[], None]) -> bool:
         """Run ``callback`` when the call ends; False (not registered) if it already did."""
@@ -395,6 +398,8 @@ class CoreFrontend:
         self._lock = threading.Lock()
         self._stopping = False
         self._batches = 0  # started and not yet completed, request_call included
+        self._open = 0  # calls begun whose receive-close has not completed
+        self._closed = threading.Condition(self._lock)
         self._watchers: set[Watch] = set()
         self._shutdown = threading.Event()
         self._stopped = threading.Event()
@@ -464,6 +469,16 @@ class CoreFrontend:
     def batch_finished(self) -> None:
         with self._lock:
             self._batches -= 1
+
+    def call_opened(self) -> None:
+        with self._lock:
+            self._open += 1
+
+    def call_closed(self) -> None:
+        with self._lock:
+            self._open -= 1
+            if self._open == 0:
+                self._closed.notify_all()
 
     # -- serving -----------------------------------------------------------------------------------------
     def _dispatch(self, event) -> None:
@@ -551,29 +566,38 @@ class CoreFrontend:
             rpc.push(self.statuses, closing=True)
         self._server.shutdown(self._queue, _SHUTDOWN)
         if not self._shutdown.wait(grace):
-            self._server.cancel_all_calls()
-            self._shutdown.wait(5.0)
+            self._server.cancel_all_calls()  # their receive-close completes now; a model run may go on
+            with self._closed:
+                self._closed.wait_for(lambda: self._open == 0, 5.0)
         self._close_queue()
         self._server = None
         self._stopped.set()
 
     def _close_queue(self) -> None:
         """Shut the completion queue down once no batch can be started on it any more (grpc core aborts the
-        process on a batch started on a queue that is shut down). Work still running after a cut grace keeps
-        it open: the process is exiting."""
-        if not self.pollers.idle(1.0):
-            log.info("gRPC serving loop: requests still running after the grace; leaving their pollers")
+        process on a batch started on a queue that is shut down). Work still running after a cut grace is
+        waited for on a thread of its own, which the interpreter joins before it exits: a model run is never
+        cut off by the process's end."""
+        if self._shutdown.is_set() and self.pollers.idle(0.1):
+            self._quiesce_and_close()
+            return
+        log.info("gRPC serving loop: requests still running after the grace; their answers are dropped")
+        threading.Thread(target=self._quiesce_and_close, name="tensorwire-grpc-close").start()
+
+    def _quiesce_and_close(self) -> None:
+        if not self.pollers.idle(QUIESCE_S):
+            log.warning("gRPC serving loop: requests still running %.0f s after the stop", QUIESCE_S)
             return
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             with self._lock:
                 if self._batches == 0:
+                    self._queue.shutdown()
                     break
             time.sleep(0.01)
         else:
             log.info("gRPC serving loop: %d batch(es) still pending at the stop", self._batches)
             return
-        self._queue.shutdown()
         self.pollers.join(5.0)
 
     def wait(self) -> None:
