@@ -88,6 +88,11 @@ def missing_pieces() -> list[str]:
         if hasattr(cygrpc, owner):
             missing += [f"cygrpc.{owner}.{name}" for name in REQUIRED[owner]
                         if not hasattr(getattr(cygrpc, owner), name)]
+    if not missing:
+        try:  # the constructor's signature too: (channel arguments, xds)
+            cygrpc.Server((), False)
+        except TypeError as exc:
+            missing.append(f"cygrpc.Server(arguments, xds) ({exc})")
     return missing
 
 
