@@ -297,7 +297,8 @@ StreamAnswer = Callable[[bytes, Rpc], "tuple[bytes, bool]"]  # -> (answer bytes,
 
 class Stream(Rpc):
     """A bidirectional stream answered in order: one request is received, worked on and answered before the
-    next is received; the client's half-close ends it with OK."""
+    next is received; the client's half-close ends it with OK. An answer and the next receive go in one
+    batch, which completes with the next request: one batch and one event per request."""
 
     __slots__ = ("answer",)
 
@@ -309,7 +310,9 @@ class Stream(Rpc):
         self.batch((cygrpc.ReceiveMessageOperation(0),), self._on_message)
 
     def _on_message(self, event) -> None:
-        request = event.batch_operations[0].message() if event is not None else None
+        """The next request (the receive is the batch's last operation); none: the client is done, or the
+        call is gone (the status batch then fails and gives admission back)."""
+        request = event.batch_operations[-1].message() if event is not None else None
         if request is None:
             self.finish()
         else:
@@ -326,13 +329,8 @@ class Stream(Rpc):
         if last:
             self.finish(message=answer)
         else:
-            self.batch(self.with_initial((cygrpc.SendMessageOperation(answer, 0),)), self._on_sent)
-
-    def _on_sent(self, event) -> None:
-        if event is not None and event.success:
-            self._receive()
-        else:  # the call is gone; the status batch completes (failed) and gives admission back
-            self.finish(cygrpc.StatusCode.cancelled, "the call ended while an answer was being sent")
+            self.batch(self.with_initial((cygrpc.SendMessageOperation(answer, 0),
+                                          cygrpc.ReceiveMessageOperation(0))), self._on_message)
 
 
 class Watch(Rpc):
