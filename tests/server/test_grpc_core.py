@@ -5,10 +5,15 @@ done). The protocol itself is checked on both front ends by the client, security
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from types import SimpleNamespace
 
+import grpc
 from grpc._cython import cygrpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from models import ADD_SUB_CONFIG, add_sub_model, write_model
+from serving import start_server
 
 from tensorwire.server import app
 from tensorwire.server.grpc_core import CoreFrontend, Pollers, missing_pieces
@@ -60,3 +65,18 @@ def test_a_job_beyond_the_bound_is_parked_and_taken_by_the_poller_that_is_done()
     queue.shutdown()
     pollers.join(60)
     assert pollers.threads == 0
+
+
+def test_a_health_watch_sees_not_serving_and_ends_instead_of_holding_the_drain(tmp_path):
+    """SIGTERM with a long grace: the Watch stream is told NOT_SERVING and ends with OK, so the server stops
+    without waiting out the grace for it (grpcio's server keeps such a stream until the grace ends)."""
+    repo = write_model(tmp_path / "models", "add_sub", add_sub_model(), ADD_SUB_CONFIG).parent
+    with (start_server(repo, "--grpc-frontend", "core", "--shutdown-grace", "600") as s,
+          grpc.insecure_channel(s.address) as channel):
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=600)
+        seen = [next(watch).status]
+        s.process.send_signal(signal.SIGTERM)
+        seen += [m.status for m in watch]  # ends without an error: the stream closed with OK
+        assert s.process.wait(timeout=120) == 0
+    assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
+    assert "stopped cleanly" in s.log().strip().splitlines()[-1]
