@@ -108,6 +108,41 @@ def _status_of(exc: BaseException) -> tuple[int, str]:
     return cygrpc.StatusCode.internal, internal_message(exc)
 
 
+class Tally:
+    """Counters kept per thread and summed when read: the hot path counts without a lock (a lock shared by
+    every poller was measured to be the loop's costliest line, its holders being switched out by the GIL)."""
+
+    BATCHES_STARTED, BATCHES_DONE, CALLS_OPENED, CALLS_CLOSED = range(4)
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._cells: list[list[int]] = []
+        self._lock = threading.Lock()
+
+    def add(self, index: int, n: int = 1) -> None:
+        try:
+            cell = self._local.cell
+        except AttributeError:
+            cell = self._local.cell = [0, 0, 0, 0]
+            with self._lock:
+                self._cells.append(cell)
+        cell[index] += n
+
+    def total(self, index: int) -> int:
+        with self._lock:
+            return sum(cell[index] for cell in self._cells)
+
+    def pending_batches(self) -> int:
+        """Started less completed; the completed are read first, so a batch started meanwhile is never
+        missed (the answer is never below the truth)."""
+        done = self.total(self.BATCHES_DONE)
+        return self.total(self.BATCHES_STARTED) - done
+
+    def open_calls(self) -> int:
+        closed = self.total(self.CALLS_CLOSED)
+        return self.total(self.CALLS_OPENED) - closed
+
+
 class Pollers:
     """The threads polling the completion queue, and the bound on requests worked on at once."""
 
@@ -386,6 +421,16 @@ class Watch(Rpc):
         self.push(self.loop.statuses)
 
 
+def _until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` every 10 ms for up to ``timeout`` seconds (only the stop waits this way)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class CoreFrontend:
     """The gRPC server on grpcio's C-core: pollers on one completion queue (see the module docstring)."""
 
@@ -400,9 +445,7 @@ class CoreFrontend:
         self.pollers: Pollers | None = None
         self._lock = threading.Lock()
         self._stopping = False
-        self._batches = 0  # started and not yet completed, request_call included
-        self._open = 0  # calls begun whose receive-close has not completed
-        self._closed = threading.Condition(self._lock)
+        self.tally = Tally()  # batches (request_call included) and calls, started and completed
         self._watchers: set[Watch] = set()
         self._shutdown = threading.Event()
         self._stopped = threading.Event()
@@ -459,29 +502,27 @@ class CoreFrontend:
         return self._server.add_http2_port(address.encode(), credentials._credentials if credentials else None)
 
     def _request_call(self) -> None:
-        with self._lock:
-            if self._stopping:
-                return
-            self._batches += 1
+        """Ask grpc core for the next call; none once the stop began (cygrpc refuses it then, and grpc core
+        fails one that races the shutdown, which the poller sees as a failed new-call event)."""
+        if self._stopping:
+            return
+        self.tally.add(Tally.BATCHES_STARTED)
+        try:
             self._server.request_call(self._queue, self._queue, _NEW_CALL)
+        except ValueError:  # the server began to shut down meanwhile
+            self.tally.add(Tally.BATCHES_DONE)
 
     def batch_started(self) -> None:
-        with self._lock:
-            self._batches += 1
+        self.tally.add(Tally.BATCHES_STARTED)
 
     def batch_finished(self) -> None:
-        with self._lock:
-            self._batches -= 1
+        self.tally.add(Tally.BATCHES_DONE)
 
     def call_opened(self) -> None:
-        with self._lock:
-            self._open += 1
+        self.tally.add(Tally.CALLS_OPENED)
 
     def call_closed(self) -> None:
-        with self._lock:
-            self._open -= 1
-            if self._open == 0:
-                self._closed.notify_all()
+        self.tally.add(Tally.CALLS_CLOSED)
 
     # -- serving -----------------------------------------------------------------------------------------
     def _dispatch(self, event) -> None:
@@ -570,8 +611,7 @@ class CoreFrontend:
         self._server.shutdown(self._queue, _SHUTDOWN)
         if not self._shutdown.wait(grace):
             self._server.cancel_all_calls()  # their receive-close completes now; a model run may go on
-            with self._closed:
-                self._closed.wait_for(lambda: self._open == 0, 5.0)
+            _until(lambda: self.tally.open_calls() == 0, 5.0)
         self._close_queue()
         self._server = None
         self._stopped.set()
@@ -591,16 +631,10 @@ class CoreFrontend:
         if not self.pollers.idle(QUIESCE_S):
             log.warning("gRPC serving loop: requests still running %.0f s after the stop", QUIESCE_S)
             return
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._batches == 0:
-                    self._queue.shutdown()
-                    break
-            time.sleep(0.01)
-        else:
-            log.info("gRPC serving loop: %d batch(es) still pending at the stop", self._batches)
+        if not _until(lambda: self.tally.pending_batches() == 0, 5.0):
+            log.info("gRPC serving loop: %d batch(es) still pending at the stop", self.tally.pending_batches())
             return
+        self._queue.shutdown()
         self.pollers.join(5.0)
 
     def wait(self) -> None:
