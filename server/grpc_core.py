@@ -631,7 +631,7 @@ class CoreFrontend:
         if not self.pollers.idle(QUIESCE_S):
             log.warning("gRPC serving loop: requests still running %.0f s after the stop", QUIESCE_S)
             return
-        if not _until(lambda: self.tally.pending_batches() == 0, 5.0):
+        if not self._shutdown.wait(5.0) or not _until(lambda: self.tally.pending_batches() == 0, 5.0):
             log.info("gRPC serving loop: %d batch(es) still pending at the stop", self.tally.pending_batches())
             return
         self._queue.shutdown()
