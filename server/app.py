@@ -1,8 +1,9 @@
 """Assemble and run the server: the data plane, its transports, graceful shutdown.
 
 One :class:`~tensorwire.server.dataplane.DataPlane` per process owns every operation; the transports are
-thin over it: the gRPC front end (grpcio's server, ``grpc_service.py``) and the background services (metrics
-endpoint, repository polling).
+thin over it: the gRPC front end (``--grpc-frontend``: the serving loop on grpcio's C-core, ``grpc_core.py``,
+or grpcio's own server, ``grpc_service.py``) and the background services (metrics endpoint, repository
+polling).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import signal
 import threading
 from dataclasses import dataclass
 
+import grpc
+
 from tensorwire import proto as pb
 from tensorwire.errors import ModelLoadError
 from tensorwire.fastpath import load_codec
@@ -19,6 +22,7 @@ from tensorwire.server.affinity import pin_process
 from tensorwire.server.allocator import keep_large_blocks
 from tensorwire.server.background import BackgroundServices
 from tensorwire.server.dataplane import DataPlane
+from tensorwire.server.grpc_core import CoreFrontend, missing_pieces
 from tensorwire.server.grpc_service import GrpcioFrontend
 from tensorwire.server.logs import configure_logging, event
 from tensorwire.server.repository import ModelRepository
@@ -45,6 +49,18 @@ class ShutdownReport:
                 f"{self.grace_s:g} s grace (--shutdown-grace)")
 
 
+def grpc_frontend(plane: DataPlane) -> CoreFrontend | GrpcioFrontend:
+    """The front end ``--grpc-frontend`` names; grpcio's own server where this grpcio lacks a piece of its
+    C-core wrapper that the core loop uses (it is not grpcio's public API)."""
+    if plane.settings.grpc_frontend == "core":
+        missing = missing_pieces()
+        if not missing:
+            return CoreFrontend(plane)
+        log.warning("--grpc-frontend core: grpcio %s lacks %s; serving with grpcio's own server instead",
+                    grpc.__version__, ", ".join(missing))
+    return GrpcioFrontend(plane)
+
+
 class TensorwireServer:
     """A started server; ``stop()`` drains it. ``port`` is the bound gRPC port (useful with port 0)."""
 
@@ -54,7 +70,7 @@ class TensorwireServer:
         self.scratch = ScratchPool(settings.scratch_pool_bytes)
         self.repository = ModelRepository(settings, self.scratch)
         self.plane = DataPlane(self.repository, self.codec, SharedMemoryRegistry(settings))
-        self.grpc = GrpcioFrontend(self.plane)
+        self.grpc = grpc_frontend(self.plane)
         self.background = BackgroundServices(settings, self.repository, self.scratch)
         self.port = 0
 
@@ -63,6 +79,7 @@ class TensorwireServer:
         if s.cpu_affinity:  # first, so that every thread started below inherits it
             pin_process(s.cpu_affinity)
         log.info("fastpath codec: %s", "Cython extension" if self.codec.name == "ext" else "pure-Python twin")
+        log.info("gRPC front end: %s", self.grpc.name)
         if s.malloc_tuning:
             tuned = keep_large_blocks()
             log.info("malloc: %s", "large blocks kept for reuse" if tuned else "not tuned (not glibc)")

@@ -1,7 +1,8 @@
 """What a model needs to know about the caller of one request, whatever the transport carried it.
 
-A transport builds one ``Call`` per request: ``Call.of_grpc`` for grpcio's servicer context; the C-core
-serving loop and the HTTP server build theirs from their own call state. The model reads only these
+A transport builds one ``Call`` per request: ``Call.of_grpc`` for grpcio's servicer context, ``Call.of_core``
+for the C-core serving loop (the deadline of its call details and its receive-close result); the HTTP server
+builds its own from its call state. The model reads only these
 facts: when the caller stops waiting (``deadline``), whether it still waits (``is_active``), and a way to be
 told the moment it stops (``on_end``), which lets a queued request leave at once when its client goes away;
 and the shared-memory token it presented (``shm_token``), when the server requires one.
@@ -38,6 +39,13 @@ class Call:
         if token_header is not None:
             token = next((value for key, value in context.invocation_metadata() if key == token_header), None)
         return cls(deadline_in(context.time_remaining()), context.is_active, context.add_callback, token)
+
+    @classmethod
+    def of_core(cls, deadline: float, is_active: Callable[[], bool],
+                on_end: Callable[[Callable[[], None]], bool], shm_token: str | None = None) -> Call:
+        """A call of the C-core serving loop: ``deadline`` as grpc core's call details carry it (a time.time()
+        instant, about 2**63 without one); ``shm_token`` read from its invocation metadata when required."""
+        return cls(deadline_in(deadline - time.time()), is_active, on_end, shm_token)
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None without a deadline."""

@@ -3,8 +3,9 @@
 Both follow Triton's flags and wording so deployment scripts and ``tritonclient`` work unchanged:
 ``--grpc-use-ssl``, ``--grpc-use-ssl-mutual``, ``--grpc-server-cert``, ``--grpc-server-key``,
 ``--grpc-root-cert``; ``--grpc-restricted-protocol=<protocol>[,<protocol>...]:<key>=<value>``, whose
-calls must carry the header ``triton-grpc-protocol-<key>: <value>``. The restriction is a grpcio server
-interceptor, installed only when a restriction is configured, so an unrestricted server pays nothing.
+calls must carry the header ``triton-grpc-protocol-<key>: <value>``. On grpcio's server the restriction is
+an interceptor, installed only when a restriction is configured, so an unrestricted server pays nothing; the
+C-core serving loop looks the method up in :func:`restriction_table` at call start.
 """
 
 from __future__ import annotations
@@ -151,9 +152,20 @@ def check_restricted_protocols(texts: list[str]) -> list[Restriction]:
     return restrictions
 
 
+def refusal_details(header: str) -> str:
+    """The UNAVAILABLE details of a call refused for lacking ``header`` (Triton's words)."""
+    return f"This protocol is restricted, expecting header '{header}'"
+
+
+def restriction_table(s: ServerSettings) -> dict[str, Restriction]:
+    """Method path -> the restriction it falls under, for the methods of every restricted category."""
+    return {m: r for r in check_restricted_protocols(s.grpc_restricted_protocol)
+            for c in r.categories for m in CATEGORIES[c]}
+
+
 def _refusal(handler: grpc.RpcMethodHandler | None, header: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind as ``handler`` that answers UNAVAILABLE without running anything."""
-    message = f"This protocol is restricted, expecting header '{header}'"
+    message = refusal_details(header)
 
     def refuse(_request, context):
         context.abort(grpc.StatusCode.UNAVAILABLE, message)
@@ -170,8 +182,8 @@ def _refusal(handler: grpc.RpcMethodHandler | None, header: str) -> grpc.RpcMeth
 class RestrictedProtocols(grpc.ServerInterceptor):
     """Refuses calls in a restricted category that lack their group's header."""
 
-    def __init__(self, restrictions: list[Restriction]) -> None:
-        self._by_method = {m: r for r in restrictions for c in r.categories for m in CATEGORIES[c]}
+    def __init__(self, by_method: dict[str, Restriction]) -> None:
+        self._by_method = by_method
 
     def intercept_service(self, continuation, handler_call_details):
         rule = self._by_method.get(handler_call_details.method)
@@ -181,8 +193,8 @@ class RestrictedProtocols(grpc.ServerInterceptor):
 
 
 def interceptors(s: ServerSettings) -> list[grpc.ServerInterceptor]:
-    restrictions = check_restricted_protocols(s.grpc_restricted_protocol)
-    return [RestrictedProtocols(restrictions)] if restrictions else []
+    by_method = restriction_table(s)
+    return [RestrictedProtocols(by_method)] if by_method else []
 
 
 def loopback_only(host: str) -> bool:

@@ -18,6 +18,7 @@ from tensorwire.fastpath import CODEC_CHOICES
 
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")
 LOG_FORMATS = ("default", "ISO8601", "json")
+GRPC_FRONTENDS = ("core", "grpcio")
 
 
 @dataclass(frozen=True)
@@ -168,11 +169,18 @@ class ServerSettings:
         help="most MiB of reusable scratch buffers (realigned inputs, inputs read from shared memory) the server "
         "keeps; a request beyond it gets a buffer of its own, and buffers idle for 2 s are given back "
         "(docs/resilience.md)")
+    grpc_frontend: str = setting(
+        "core", choices=GRPC_FRONTENDS,
+        help="the gRPC server: core, a serving loop on grpcio's C-core whose poller threads carry each call from "
+        "its start to its answer (falls back to grpcio, with a log line, where this grpcio lacks what it uses); "
+        "grpcio, grpcio's own server with a handler thread pool (docs/serving.md)")
     handler_threads: int = setting(
         0, shown="0: as many as --max-concurrent-rpcs",
-        help="threads running RPC handlers. A call holds one from its start, also while its client is still "
-        "sending the request or its stream is idle, and while it waits in a batcher queue; with one per admitted "
-        "call, stalled clients never starve the others (docs/resilience.md)")
+        help="requests worked on at once. With --grpc-frontend core: the poller threads that may run a model (a "
+        "request beyond them waits parked, holding no thread; a call waiting for its request or an idle stream "
+        "holds none either). With grpcio: handler threads, each held by a call from its start, also while its "
+        "client is still sending, its stream is idle or it waits in a batcher queue; with one per admitted call, "
+        "stalled clients never starve the others (docs/resilience.md)")
     max_concurrent_rpcs: int = setting(
         1024, help="RPCs admitted at once, counted from the moment a call starts (stalled ones too); more are "
         "answered RESOURCE_EXHAUSTED")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from models import build_test_repository
-from serving import ServerProcess, start_server
+from serving import FRONTENDS, ServerProcess, start_server
 
 __all__ = ["ServerProcess", "start_server"]
 
@@ -20,6 +20,12 @@ __all__ = ["ServerProcess", "start_server"]
 @pytest.fixture(scope="session")
 def test_repository(tmp_path_factory) -> Path:
     return build_test_repository(tmp_path_factory.mktemp("serve") / "models")
+
+
+@pytest.fixture(scope="session", params=FRONTENDS)
+def frontend(request) -> str:
+    """A gRPC front end (--grpc-frontend): a test that takes it runs once on each."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,10 @@ from pathlib import Path
 
 from tensorwire.launcher import ServerProcess, tensorwire_server
 
-__all__ = ["ServerProcess", "start_server"]
+__all__ = ["FRONTENDS", "ServerProcess", "start_server"]
+
+# The gRPC front ends (--grpc-frontend): the protocol, security and resilience tests run on each.
+FRONTENDS = ("core", "grpcio")
 
 
 def start_server(repository: Path, *extra_args: str, env: dict | None = None, check_exit: bool = True, **kw):

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from models import DTYPE_MODELS
+from serving import start_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
+
+from tensorwire.client import encode_request
 
 RNG = np.random.default_rng(7)
 
@@ -34,6 +37,21 @@ def _input(name: str, arr: np.ndarray, datatype: str) -> grpcclient.InferInput:
     t = grpcclient.InferInput(name, list(arr.shape), datatype)
     t.set_data_from_numpy(arr)
     return t
+
+
+@pytest.fixture(scope="module")
+def server(test_repository, frontend):
+    """The test repository served once per gRPC front end: the wire contract holds on both."""
+    with start_server(test_repository, "--grpc-frontend", frontend) as s:
+        assert f"gRPC front end: {frontend}" in s.log()
+        yield s
+
+
+@pytest.fixture(scope="module")
+def triton(server):
+    client = grpcclient.InferenceServerClient(server.address)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +254,44 @@ def test_over_large_message_is_resource_exhausted(triton):
         triton.infer("identity_fp32", [_input("INPUT", data, "FP32")])
     assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
     assert triton.is_server_live()
+
+
+def test_gzip_request_over_the_bound_once_decompressed_is_refused(server):
+    """A request whose gzip form is tiny but whose decompressed size passes --max-message-mb (64 MiB) is
+    refused with RESOURCE_EXHAUSTED before it costs its decompressed size; under the bound, gzip is served."""
+    big = encode_request("identity_fp32", {"INPUT": np.zeros((1, 17 * 2**20), np.float32)})  # 68 MiB of zeros
+    small = encode_request("identity_fp32", {"INPUT": np.arange(1024, dtype=np.float32).reshape(1, -1)})
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", -1)]) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as err:
+            infer(big, compression=grpc.Compression.Gzip, timeout=60)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+        answer = service_pb2.ModelInferResponse.FromString(infer(small, compression=grpc.Compression.Gzip, timeout=60))
+        np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32),
+                                      np.arange(1024, dtype=np.float32))
+
+
+def test_health_watch_follows_the_server(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=60)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        unknown = health.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=60)
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        unknown.cancel()
+        with pytest.raises(grpc.RpcError) as err:
+            health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=60)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_unknown_method_is_unimplemented(server):
+    with grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/inference.GRPCInferenceService/NoSuchMethod")(b"", timeout=60)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_health_service_and_reflection(server):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from serving import start_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -126,6 +127,13 @@ def _build(case: str) -> service_pb2.ModelInferRequest:
         req = add_sub_request()
     mutate = CASES[case][0]
     return mutate(req) if mutate else req
+
+
+@pytest.fixture(scope="module")
+def server(test_repository, frontend):
+    """Hostile requests meet each gRPC front end."""
+    with start_server(test_repository, "--grpc-frontend", frontend) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -144,10 +144,10 @@ def _slow_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path):
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path, frontend):
     repo = tmp_path / "models"
     write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
-    with start_server(repo, "--shutdown-grace", "30") as s:
+    with start_server(repo, "--grpc-frontend", frontend, "--shutdown-grace", "30") as s:
         c = grpcclient.InferenceServerClient(s.address)
         x = np.random.default_rng(0).standard_normal((2048, 512)).astype(np.float32)
         inp = grpcclient.InferInput("X", list(x.shape), "FP32")
@@ -211,13 +211,13 @@ def test_triton_repository_copy_loads_unchanged(tmp_path, test_repository):
         assert c.infer("add_sub", _add_sub_inputs(3.0)).as_numpy("OUTPUT1")[0, 0] == 0.0
 
 
-def test_expired_deadline_is_not_computed(tmp_path):
+def test_expired_deadline_is_not_computed(tmp_path, frontend):
     """With the one handler thread busy, a request with a 0.3 s deadline expires while it waits: the client
     gets DEADLINE_EXCEEDED and the server never runs the model for it (a later request, served after it
     by the same thread, is)."""
     repo = tmp_path / "models"
     write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
-    with start_server(repo, "--handler-threads", "1") as s:
+    with start_server(repo, "--grpc-frontend", frontend, "--handler-threads", "1") as s:
         c = grpcclient.InferenceServerClient(s.address)
         x = np.ones((2048, 512), np.float32)
         inp = grpcclient.InferInput("X", list(x.shape), "FP32")
@@ -236,10 +236,10 @@ def test_expired_deadline_is_not_computed(tmp_path):
         assert int(stats["inference_stats"]["success"]["count"]) == 3
 
 
-def test_more_rpcs_than_admitted_get_resource_exhausted(tmp_path):
+def test_more_rpcs_than_admitted_get_resource_exhausted(tmp_path, frontend):
     repo = tmp_path / "models"
     write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
-    with start_server(repo, "--max-concurrent-rpcs", "1") as s:
+    with start_server(repo, "--grpc-frontend", frontend, "--max-concurrent-rpcs", "1") as s:
         c = grpcclient.InferenceServerClient(s.address)
         x = np.ones((2048, 512), np.float32)
         inp = grpcclient.InferInput("X", list(x.shape), "FP32")

@@ -35,10 +35,10 @@ def repo(tmp_path):
 
 
 @pytest.mark.slow
-def test_stalled_clients_do_not_starve_the_others(repo):
+def test_stalled_clients_do_not_starve_the_others(repo, frontend):
     """300 calls that never finish sending their request and 100 streams that never send one: another
     client's health checks and inferences all succeed and answer correctly, while they stay open and after."""
-    with start_server(repo) as s:
+    with start_server(repo, "--grpc-frontend", frontend) as s:
         with stalled(s.address, 300, 100) as (calls, streams), InferenceClient(s.address, timeout=30) as client:
             time.sleep(2.0)
             for _ in range(50):
@@ -49,14 +49,14 @@ def test_stalled_clients_do_not_starve_the_others(repo):
             _check_answer(client)
 
 
-def test_cancelled_requests_leave_the_batcher_queue_at_once(tmp_path):
+def test_cancelled_requests_leave_the_batcher_queue_at_once(tmp_path, frontend):
     """Requests queued behind a 5 s batch delay, without deadlines, are cancelled by their clients: they leave
     the queue then, not when the batch forms, so a queue bounded at 4 takes 4 new requests at once."""
     config = ADD_SUB_CONFIG + ("dynamic_batching { max_queue_delay_microseconds: 5000000 "
                                "default_queue_policy { max_queue_size: 4 } }\n")
     repo = write_model(tmp_path / "models", "add_sub", add_sub_model(), config).parent
     request = encode_request("add_sub", X)
-    with start_server(repo) as s, grpc.insecure_channel(s.address) as channel:
+    with start_server(repo, "--grpc-frontend", frontend) as s, grpc.insecure_channel(s.address) as channel:
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         first = [infer.future(request) for _ in range(4)]
         time.sleep(0.5)
@@ -96,8 +96,8 @@ def _channel_per_client(address: str, n: int) -> list[tuple[InferenceClient, int
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(repo):
-    with start_server(repo, "--workers", "2") as s:
+def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(repo, frontend):
+    with start_server(repo, "--grpc-frontend", frontend, "--workers", "2") as s:
         port = int(s.address.rsplit(":", 1)[1])
         _wait(lambda: len(_workers(s)) == 2)
         workers = _workers(s)
@@ -133,11 +133,11 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(repo):
     assert "exited with -9" in s.log() and "replacement 1" in s.log()
 
 
-def test_shutdown_report_says_what_the_grace_cut(tmp_path):
+def test_shutdown_report_says_what_the_grace_cut(tmp_path, frontend):
     repo = tmp_path / "models"
     write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
     x = np.ones((2048, 512), np.float32)
-    with start_server(repo, "--shutdown-grace", "0.2", "--handler-threads", "8") as s:
+    with start_server(repo, "--grpc-frontend", frontend, "--shutdown-grace", "0.2", "--handler-threads", "8") as s:
         request = encode_request("slow", {"X": x})
         with grpc.insecure_channel(s.address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
             infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")

@@ -257,8 +257,8 @@ def _tls_args(pki, mutual: bool = False) -> tuple[str, ...]:
     return args + ("--grpc-use-ssl-mutual", "--grpc-root-cert", str(pki["ca"])) if mutual else args
 
 
-def test_tls_with_tritonclient(repo, pki):
-    with start_server(repo, *_tls_args(pki), tls=TLS(pki["ca"])) as s:
+def test_tls_with_tritonclient(repo, pki, frontend):
+    with start_server(repo, "--grpc-frontend", frontend, *_tls_args(pki), tls=TLS(pki["ca"])) as s:
         c = grpcclient.InferenceServerClient(s.address, ssl=True, root_certificates=str(pki["ca"]))
         assert c.infer("add_sub", _inputs(3.0)).as_numpy("OUTPUT0")[0, 0] == 6.0
         with InferenceClient(s.address, tls=TLS(pki["ca"])) as ours:
@@ -269,9 +269,10 @@ def test_tls_with_tritonclient(repo, pki):
             plain.is_server_live(client_timeout=10)
 
 
-def test_mutual_tls_refuses_clients_without_a_certificate_from_the_root(repo, pki):
+def test_mutual_tls_refuses_clients_without_a_certificate_from_the_root(repo, pki, frontend):
     client = pki["client"]
-    with start_server(repo, *_tls_args(pki, mutual=True), tls=TLS(pki["ca"], client.key, client.cert)) as s:
+    with start_server(repo, "--grpc-frontend", frontend, *_tls_args(pki, mutual=True),
+                      tls=TLS(pki["ca"], client.key, client.cert)) as s:
         ok = grpcclient.InferenceServerClient(s.address, ssl=True, root_certificates=str(pki["ca"]),
                                               private_key=str(client.key), certificate_chain=str(client.cert))
         assert ok.infer("add_sub", _inputs(1.0)).as_numpy("OUTPUT0")[0, 0] == 2.0
@@ -312,8 +313,8 @@ ADMIN = {"triton-grpc-protocol-admin-key": "s3cret"}
 PROBE = {"triton-grpc-protocol-probe-key": "p"}
 
 
-def test_restricted_protocols_with_tritonclient_headers(repo):
-    with start_server(repo, *RESTRICTED, headers=PROBE) as s:
+def test_restricted_protocols_with_tritonclient_headers(repo, frontend):
+    with start_server(repo, "--grpc-frontend", frontend, *RESTRICTED, headers=PROBE) as s:
         c = grpcclient.InferenceServerClient(s.address)
         expected = "This protocol is restricted, expecting header 'triton-grpc-protocol-admin-key'"
         for headers in (None, {"triton-grpc-protocol-admin-key": "wrong"}, PROBE):
