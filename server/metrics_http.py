@@ -3,8 +3,9 @@
 The port is open by default on ``--host`` and unauthenticated, so whoever reaches it must not be able to
 take threads, memory or CPU from serving. A thread per connection did: a flood of idle connections made a
 thread each, and every half-sent request that closed still built a full page. Here one thread runs an
-asyncio server for all connections; a connection beyond :attr:`HttpBounds.max_connections` is closed at
-once; the request line and headers must arrive within ``header_timeout_s`` and fit in ``max_header_bytes``;
+asyncio server for all connections; a connection beyond :attr:`HttpBounds.max_connections` ends the oldest
+connection that has not sent a whole request yet, or is closed at once if every open one has;
+the request line and headers must arrive within ``header_timeout_s`` and fit in ``max_header_bytes``;
 a keep-alive connection that sends nothing for ``idle_timeout_s`` is closed; an answer the client does not
 read within ``write_timeout_s`` ends the connection. The page itself comes from a :class:`PageCache`:
 built off the event loop, at most once per ``max_age_s``, never twice at once, and only for a request
@@ -122,7 +123,10 @@ class MetricsHttpServer:
         self.bounds = bounds or HttpBounds()
         self._content_type = content_type
         self._open: set[asyncio.StreamWriter] = set()
-        self.refused = 0  # connections closed at once because max_connections were open
+        # Open connections that have not sent a whole request yet, oldest first (a dict keeps insertion order).
+        self._silent: dict[asyncio.StreamWriter, None] = {}
+        self.refused = 0  # connections closed at once: max_connections were open, none of them silent
+        self.evicted = 0  # silent connections ended to make room for a new one
         self._builder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-page")
         self._loop = asyncio.new_event_loop()
         try:
@@ -141,12 +145,24 @@ class MetricsHttpServer:
     def open_connections(self) -> int:
         return len(self._open)
 
+    def _evict_oldest_silent(self) -> bool:
+        """Make room by ending the oldest connection that has not sent a whole request yet: during a flood of
+        connections that send nothing (or half a request), a real scraper that connects still gets its page."""
+        for writer in self._silent:
+            del self._silent[writer]
+            self._open.discard(writer)
+            writer.transport.abort()
+            self.evicted += 1
+            return True
+        return False
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._open) >= self.bounds.max_connections:
+        if len(self._open) >= self.bounds.max_connections and not self._evict_oldest_silent():
             self.refused += 1
             writer.transport.abort()
             return
         self._open.add(writer)
+        self._silent[writer] = None
         writer.transport.set_write_buffer_limits(high=0)  # drain() returns once the kernel has the answer
         end = writer.transport.abort  # unless the connection ends in order: nothing of it is worth flushing
         try:
@@ -160,6 +176,7 @@ class MetricsHttpServer:
             pass  # close(): the task ends here, so asyncio's stream callback finds no error to report
         finally:
             self._open.discard(writer)
+            self._silent.pop(writer, None)
             end()
 
     async def _read_head(self, reader: asyncio.StreamReader, first: bool) -> bytes:
@@ -177,6 +194,7 @@ class MetricsHttpServer:
         """Answer one request; True when the connection stays open for another."""
         try:
             head = await self._read_head(reader, first)
+            self._silent.pop(writer, None)
         except asyncio.LimitOverrunError:
             await self._send(writer, _response("431 Request Header Fields Too Large", b"", "text/plain", False))
             return False
