@@ -121,6 +121,8 @@ def check_settings(s: ServerSettings) -> None:
                  "limit_shared_memory_regions", "limit_shared_memory_mb"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
+    if s.metrics_interval_ms < 0:
+        raise SettingsError(f"--metrics-interval-ms must be 0 or more, got {s.metrics_interval_ms}")
     if s.handler_threads < 0:
         raise SettingsError(f"--handler-threads must be 0 (one per admitted call) or more, got {s.handler_threads}")
     from tensorwire.server.affinity import check_cpus

@@ -459,8 +459,8 @@ class CoreFrontend:
         plane = self.plane
         methods: dict[str, tuple[type[Rpc], Callable[[Rpc], Callable]]] = {}
         for name in UNARY:
-            def unary(request: bytes, _rpc: Rpc, name: str = name) -> bytes:
-                return answer_unary(plane, name, request)
+            def unary(request: bytes, rpc: Rpc, name: str = name) -> bytes:
+                return answer_unary(plane, name, request, rpc.caller())
             methods[SERVICE_PREFIX + name] = (Unary, lambda _rpc, f=unary: f)
 
         def infer(request: bytes, rpc: Rpc) -> bytes:

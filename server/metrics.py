@@ -170,7 +170,7 @@ class MetricsEndpoint:
 
     def __init__(self, settings: ServerSettings, registry: CollectorRegistry) -> None:
         address = settings.metrics_address or settings.host
-        self.cache = PageCache(lambda: generate_latest(registry))
+        self.cache = PageCache(lambda: generate_latest(registry), settings.metrics_interval_ms / 1000)
         try:
             self._server = MetricsHttpServer(address, settings.metrics_port, self.cache, CONTENT_TYPE_PLAIN_0_0_4)
         except OSError as exc:

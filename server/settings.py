@@ -261,6 +261,9 @@ class ServerSettings:
     metrics_port: int = setting(8002, help="metrics HTTP port; 0 picks a free one (see --metrics-port-file)")
     metrics_address: str = setting(
         "", shown="--host", metavar="ADDRESS", help="address the metrics endpoint listens on")
+    metrics_interval_ms: int = setting(
+        1000, metavar="MS", help="the metrics page is rebuilt at most once per this many milliseconds however many "
+        "scrapers ask (Triton's flag; with --workers N the parent reads the workers as often); 0: on every scrape")
     metrics_port_file: Path | None = setting(
         None, parse=Path, metavar="FILE", shown="none", help="write the bound metrics port to this file once listening")
     # -- not flags: set by the worker supervisor --------------------------------------------------------

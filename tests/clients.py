@@ -119,8 +119,12 @@ def sample(samples: dict, name: str, **labels) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
+# Server flags for tests that read the metrics page as events: rebuilt on every scrape, never a second old.
+LIVE_METRICS = ("--metrics-interval-ms", "0")
+
+
 def wait_for_pending(server, model: str, count: int, version: str = "1") -> None:
     """Until ``count`` requests of ``model`` wait or run in the server (Triton's pending-request gauge): an
-    event to order a test by, instead of a sleep."""
+    event to order a test by, instead of a sleep. The server must run with LIVE_METRICS."""
     wait_until(lambda: sample(scrape(server.metrics_url), "nv_inference_pending_request_count", model=model,
                               version=version) >= count, f"{count} request(s) of {model} pending")

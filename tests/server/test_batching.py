@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from clients import wait_for_pending
+from clients import LIVE_METRICS, wait_for_pending
 from models import add_sub_model, cast_model, write_model
 from serving import start_server
 from tritonclient.utils import InferenceServerException
@@ -47,7 +47,7 @@ def batching_server(tmp_path_factory):
     write_model(repo, "cast", cast_model(), BATCHED_CAST)
     write_model(repo, "slow_queue", add_sub_model(), SLOW_QUEUE)
     write_model(repo, "eager", add_sub_model(), EAGER)
-    with start_server(repo) as s:
+    with start_server(repo, *LIVE_METRICS) as s:
         yield s
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.grpc as grpcclient
-from clients import wait_for_pending
+from clients import LIVE_METRICS, wait_for_pending
 from models import ADD_SUB_CONFIG, add_sub_model, identity_model, write_model
 from onnx import TensorProto, helper
 from serving import start_server
@@ -147,7 +147,7 @@ def _slow_model() -> onnx.ModelProto:
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path, frontend):
     repo = tmp_path / "models"
     write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
-    with start_server(repo, "--grpc-frontend", frontend, "--shutdown-grace", "30") as s:
+    with start_server(repo, "--grpc-frontend", frontend, "--shutdown-grace", "30", *LIVE_METRICS) as s:
         c = grpcclient.InferenceServerClient(s.address)
         x = np.random.default_rng(0).standard_normal((2048, 512)).astype(np.float32)
         inp = grpcclient.InferInput("X", list(x.shape), "FP32")
@@ -217,7 +217,7 @@ def test_expired_deadline_is_not_computed(tmp_path, frontend):
     by the same thread, is)."""
     repo = tmp_path / "models"
     write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
-    with start_server(repo, "--grpc-frontend", frontend, "--handler-threads", "1") as s:
+    with start_server(repo, "--grpc-frontend", frontend, "--handler-threads", "1", *LIVE_METRICS) as s:
         c = grpcclient.InferenceServerClient(s.address)
         x = np.ones((2048, 512), np.float32)
         inp = grpcclient.InferInput("X", list(x.shape), "FP32")
@@ -239,7 +239,7 @@ def test_expired_deadline_is_not_computed(tmp_path, frontend):
 def test_more_rpcs_than_admitted_get_resource_exhausted(tmp_path, frontend):
     repo = tmp_path / "models"
     write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
-    with start_server(repo, "--grpc-frontend", frontend, "--max-concurrent-rpcs", "1") as s:
+    with start_server(repo, "--grpc-frontend", frontend, "--max-concurrent-rpcs", "1", *LIVE_METRICS) as s:
         c = grpcclient.InferenceServerClient(s.address)
         x = np.ones((2048, 512), np.float32)
         inp = grpcclient.InferInput("X", list(x.shape), "FP32")
