@@ -1,7 +1,7 @@
 """What a model needs to know about the caller of one request, whatever the transport carried it.
 
-A transport builds one ``Call`` per request: ``Call.of_grpc`` for grpcio's servicer context; the C-core
-serving loop and the HTTP server build theirs from their own call state. The model reads only these three
+A transport builds one ``Call`` per request: ``Call.of_grpc`` for grpcio's servicer context, ``Call.of_http`` for an
+HTTP request; the C-core serving loop builds its own from its call state. The model reads only these three
 facts: when the caller stops waiting (``deadline``), whether it still waits (``is_active``), and a way to be
 told the moment it stops (``on_end``), which lets a queued request leave at once when its client goes away.
 """
@@ -31,6 +31,12 @@ class Call:
     def of_grpc(cls, context) -> Call:
         """The caller behind a grpcio ``ServicerContext``."""
         return cls(deadline_in(context.time_remaining()), context.is_active, context.add_callback)
+
+    @classmethod
+    def of_http(cls, is_active: Callable[[], bool], timeout_s: float | None = None) -> Call:
+        """The caller of an HTTP request: ``is_active`` is False once its connection is gone; ``timeout_s``
+        the seconds it waits (None: as long as it takes)."""
+        return cls(deadline_in(timeout_s), is_active)
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None without a deadline."""
