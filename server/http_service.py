@@ -250,7 +250,8 @@ class HttpFrontend:
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             HttpApp(self.plane, self._executor), http=BoundedHttpToolsProtocol.configured(s), loop="uvloop",
-            lifespan="off", access_log=False, log_config=None, log_level="warning", server_header=False, date_header=False,
+            lifespan="off", access_log=False, log_config=None, log_level="warning", server_header=False,
+            date_header=False,
             timeout_keep_alive=int(max(1, s.http_keepalive_timeout)), timeout_graceful_shutdown=s.shutdown_grace_s,
             ws="none", **_ssl_options(s))
         self._server = uvicorn.Server(config)
