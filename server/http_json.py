@@ -213,12 +213,12 @@ def json_input_bytes(data, dt: Datatype, shape: tuple[int, ...], where: str, lim
     if dt.numpy is None or dt.name in ("FP16", "BF16"):
         raise InvalidArgument(f"{where}: datatype {dt.name} cannot be sent as JSON 'data'; send it as binary "
                               "data (binary_data_size)")
-    count = math.prod(shape) if all(d >= 0 for d in shape) else 0
+    flat = _flatten(data, shape, where)  # the count checked against the shape first: a list walk, no copy
+    count = len(flat)
     if count * dt.itemsize > limits.max_typed_contents_bytes:
         raise ResourceExhausted(
             f"{where}: JSON 'data' of {count} elements converts to {count * dt.itemsize} bytes, above this "
             f"server's bound of {limits.max_typed_contents_bytes} (--max-typed-contents-mb); send it as binary data")
-    flat = _flatten(data, shape, where)
     try:
         arr = np.array(flat)
     except (ValueError, OverflowError, TypeError) as exc:

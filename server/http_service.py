@@ -80,7 +80,7 @@ class HttpApp:
     async def _answer(self, scope, receive) -> Reply:
         endpoint, args = route(scope["method"], scope["path"])
         rule = self.restricted.get(endpoint.category)
-        if rule is not None and not rule.allows(scope["headers"]):
+        if rule is not None and not rule.allows((k.decode("latin-1"), v) for k, v in scope["headers"]):
             return Reply(403, dumps({"error": f"This API is restricted, expecting header '{rule.header}'"}))
         if endpoint.category == "health":  # cheap, never admitted nor refused: probes always get through
             return endpoint.run(self.plane, args, None)
