@@ -59,13 +59,15 @@ def _serve(python: Path, repo: Path, extra: list[str]):
 
 
 def _free_metrics_port(python: Path) -> list[str]:
-    """``--metrics-port 0`` for an installation that has a metrics endpoint (it would take 8002 and collide
-    with the other side); nothing for an older one, which would refuse the flag."""
+    """``--metrics-port 0`` (and ``--http-port 0``) for an installation that has a metrics (HTTP) endpoint: it
+    would take 8002 (8000) and collide with the other side; nothing for an older one, which would refuse the
+    flag."""
     import subprocess
 
     help_text = subprocess.run([str(python), "-m", "tensorwire", "serve", "--help"], capture_output=True,
                                text=True, timeout=120).stdout
-    return ["--metrics-port", "0"] if "--metrics-port" in help_text else []
+    free = ["--metrics-port", "0"] if "--metrics-port" in help_text else []
+    return free + (["--http-port", "0"] if "--http-port" in help_text else [])  # HTTP would take 8000 on both
 
 
 def _compare(args: argparse.Namespace, repo: Path) -> list[dict]:

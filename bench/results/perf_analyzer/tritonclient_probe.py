@@ -22,7 +22,7 @@ from tensorwire.launcher import launch
 def main(batch: int) -> None:
     repo = build_repository(Path(tempfile.mkdtemp()) / "models")
     args = ["-m", "tensorwire", "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
-            "--grpc-port", "0", "--allow-shared-memory"]
+            "--grpc-port", "0", "--http-port", "0", "--allow-shared-memory"]
     with launch(args) as server:
         client = grpcclient.InferenceServerClient(server.address)
         meta = client.get_model_metadata("conv", as_json=True)
