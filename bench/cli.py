@@ -1,5 +1,5 @@
 """`tensorwire bench compare | load | overhead | codec | fastpath | batching | alignment | resilience | ab | memory
-| shared-memory | cpu | triton-perf | report`.
+| shared-memory | cpu | http-servers | triton-perf | report`.
 
 Every subcommand is built the same way: its module declares its flags (``add_arguments(parser)``) and
 turns them into a run (``run(args) -> exit code``); this table only names the modules. Modules keep
@@ -28,6 +28,8 @@ COMMANDS = {
     "shared-memory": ("tensorwire.bench.shared_memory",
                       "ORT run + one pwrite vs IO binding of the output to an mmap'd shared-memory buffer"),
     "cpu": ("tensorwire.bench.cpu", "server CPU per request, unary and streaming, variants beside a grpcio echo"),
+    "http-servers": ("tensorwire.bench.http_servers",
+                     "the HTTP server under the same handlers: uvicorn vs granian, beside gRPC"),
     "triton-perf": ("tensorwire.bench.triton_perf", "perf_analyzer: plain gRPC vs system shared memory vs streaming"),
     "report": ("tensorwire.bench.report", "re-draw the markdown and plots of a saved result JSON"),
 }

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +32,9 @@ from tensorwire.server.security import check_restricted_protocols
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.http")
+# The HTTP server underneath: uvicorn (httptools, uvloop), the measured choice; "granian" runs the same
+# application on granian for the comparison in bench/http_servers.py (docs/design.md).
+ENGINE_ENV = "TENSORWIRE_HTTP_ENGINE"
 # Content-Encoding values a request body may have, as Triton's: gzip and deflate (zlib's wbits for each).
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -236,10 +241,14 @@ class HttpFrontend:
         self.plane = plane
         self.port = 0
         self._server = None
+        self._granian = None
+        self._granian_loop = None
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
 
     def start(self) -> int:
+        if os.environ.get(ENGINE_ENV, "uvicorn") == "granian":
+            return self._start_granian()
         import uvicorn
 
         from tensorwire.server.http_protocol import BoundedHttpToolsProtocol
@@ -266,6 +275,38 @@ class HttpFrontend:
             s.http_port_file.write_text(str(self.port))
         return self.port
 
+    def _start_granian(self) -> int:
+        """granian (Rust, hyper) under the same application: the measured alternative (bench/http_servers.py).
+        Needs a fixed --http-port; uvicorn's connection bounds (http_protocol.py) do not apply to it."""
+        from granian.constants import HTTPModes, Interfaces
+        from granian.server.embed import Server
+
+        s = self.plane.settings
+        self._executor = ThreadPoolExecutor(s.http_thread_count, thread_name_prefix="tensorwire-http")
+        app = HttpApp(self.plane, self._executor)
+        server = Server(app, address=s.http_address or s.host, port=s.http_port, interface=Interfaces.ASGINL,
+                        http=HTTPModes.http1, websockets=False, log_enabled=False, backlog=2048)
+        self._granian = server
+        started = threading.Event()
+
+        def run() -> None:
+            async def main() -> None:
+                self._granian_loop = asyncio.get_running_loop()
+                started.set()
+                await server.serve()
+
+            asyncio.run(main())
+
+        self._thread = threading.Thread(target=run, name="tensorwire-http-loop", daemon=True)
+        self._thread.start()
+        started.wait(30)
+        time.sleep(0.5)  # granian binds inside serve(); give it the moment it takes
+        self.port = s.http_port
+        log.info("HTTP/REST on %s:%d (granian)", s.http_address or s.host, self.port)
+        if s.http_port_file:
+            s.http_port_file.write_text(str(self.port))
+        return self.port
+
     def _run(self, sock: socket.socket, started: threading.Event) -> None:
         import uvloop
 
@@ -280,6 +321,8 @@ class HttpFrontend:
 
     def stop(self, grace: float) -> None:
         """Stop accepting, close idle connections, give requests in flight ``grace`` seconds."""
+        if self._granian is not None:
+            self._granian_loop.call_soon_threadsafe(self._granian.stop)
         if self._server is not None:
             self._server.config.timeout_graceful_shutdown = grace
             self._server.should_exit = True

@@ -230,3 +230,24 @@ def test_load_unload_and_system_shared_memory(explicit_server):
         shm.destroy_shared_memory_region(handle)
         shm.destroy_shared_memory_region(out_handle)
         rest.close()
+
+
+def test_every_worker_serves_http(test_repository):
+    """--workers 2: both ports shared by the workers (SO_REUSEPORT); each new connection lands on one."""
+    with start_server(test_repository, "--workers", "2") as s:
+        a = np.ones((1, 16), np.float32)
+        for _ in range(6):  # new connections each time: the kernel spreads them over the workers
+            rest = httpclient.InferenceServerClient(s.http_address)
+            result = rest.infer("add_sub", [_input("INPUT0", a, "FP32"), _input("INPUT1", a, "FP32")])
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + a)
+            rest.close()
+        assert rest_ready(s)
+    assert "stopped cleanly" in s.log()
+
+
+def rest_ready(s) -> bool:
+    rest = httpclient.InferenceServerClient(s.http_address)
+    try:
+        return rest.is_server_ready()
+    finally:
+        rest.close()
