@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -72,14 +73,21 @@ class Reply:
     headers: list = field(default_factory=list)
     close: bool = False
 
-    async def send(self, send, gzip_ok: bool = False) -> None:
+    def size(self) -> int:
+        return len(self.body) + sum(memoryview(p).nbytes for p in self.parts)
+
+    def compressed(self, encoding: str) -> Reply:
+        """This answer with its whole body compressed (``gzip`` or ``deflate``); the binary extension's
+        Inference-Header-Content-Length still gives the uncompressed JSON header's length, as Triton's."""
+        raw = b"".join([self.body, *self.parts])
+        body = gzip.compress(raw, compresslevel=1) if encoding == "gzip" else zlib.compress(raw, 1)
+        headers = [*self.headers, (b"content-encoding", encoding.encode())]
+        return Reply(self.status, body, self.content_type, [], headers, self.close)
+
+    async def send(self, send) -> None:
         parts = [self.body, *self.parts] if self.body else list(self.parts)
         size = sum(memoryview(p).nbytes for p in parts)
         headers = [(b"content-type", self.content_type), *self.headers]
-        if gzip_ok and size >= GZIP_MIN_BYTES:
-            parts = [gzip.compress(b"".join(parts), compresslevel=1)]
-            size = len(parts[0])
-            headers.append((b"content-encoding", b"gzip"))
         headers.append((b"content-length", str(size).encode()))
         if self.close:
             headers.append((b"connection", b"close"))

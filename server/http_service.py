@@ -27,7 +27,7 @@ from tensorwire.errors import Cancelled, DeadlineExceeded, InvalidArgument, Requ
 from tensorwire.server.call import Call
 from tensorwire.server.dataplane import ADMISSION_REFUSED, DataPlane
 from tensorwire.server.http_json import dumps
-from tensorwire.server.http_routes import Reply, Request, error_reply, route
+from tensorwire.server.http_routes import GZIP_MIN_BYTES, Reply, Request, error_reply, route
 from tensorwire.server.security import check_restricted_protocols
 from tensorwire.server.settings import ServerSettings
 
@@ -75,12 +75,15 @@ class HttpApp:
             return
         try:
             reply = await self._answer(scope, receive)
+            encoding = _accepted_encoding(scope)
+            if encoding and reply.size() >= GZIP_MIN_BYTES:  # compressed on the pool, not on the event loop
+                reply = await asyncio.get_running_loop().run_in_executor(self.executor, reply.compressed, encoding)
         except RequestError as exc:
             reply = error_reply(exc)
         except Exception as exc:  # a bug: the log has the traceback, the client a 500
             log.exception("internal error in HTTP handler")
             reply = Reply(500, dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}))
-        await reply.send(send, _accepts_gzip(scope))
+        await reply.send(send)
 
     async def _answer(self, scope, receive) -> Reply:
         endpoint, args = route(scope["method"], scope["path"])
@@ -121,8 +124,9 @@ class HttpApp:
         hlen = _int_header(header_length, "Inference-Header-Content-Length") if header_length is not None else None
         body = await self._read(receive, size, hlen)
         encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
-        if encoding and encoding != "identity":
-            body = memoryview(_decompress(body, encoding, self.limit))
+        if encoding and encoding != "identity":  # on the pool: a large body must not stall the event loop
+            loop = asyncio.get_running_loop()
+            body = memoryview(await loop.run_in_executor(self.executor, _decompress, body, encoding, self.limit))
         return Request(scope, body, hlen)
 
     async def _read(self, receive, size: int | None, header_length: int | None) -> memoryview:
@@ -193,11 +197,13 @@ def _decompress(body: memoryview, encoding: str, limit: int) -> bytes:
     return out
 
 
-def _accepts_gzip(scope) -> bool:
+def _accepted_encoding(scope) -> str:
+    """The answer's Content-Encoding a client accepts, as Triton offers them: gzip, else deflate, else none."""
     for name, value in scope["headers"]:
         if name == b"accept-encoding":
-            return b"gzip" in value.lower()
-    return False
+            value = value.lower()
+            return "gzip" if b"gzip" in value else "deflate" if b"deflate" in value else ""
+    return ""
 
 
 async def _lifespan(receive, send) -> None:

@@ -136,7 +136,7 @@ def test_compressed_request_and_response(rest):
     a = RNG.standard_normal((8, 16)).astype(np.float32)
     for algorithm in ("gzip", "deflate"):
         result = rest.infer("add_sub", [_input("INPUT0", a, "FP32"), _input("INPUT1", a, "FP32")],
-                            request_compression_algorithm=algorithm, response_compression_algorithm="gzip")
+                            request_compression_algorithm=algorithm, response_compression_algorithm=algorithm)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + a)
 
 
