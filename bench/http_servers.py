@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import shlex
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -126,6 +128,61 @@ def run_engines(repo: Path, requests: int, concurrencies: list[int]) -> list[dic
     return rows
 
 
+# perf_analyzer's cases (the issue's acceptance figures): MLP [1,512] at concurrency 8, the 3x224x224 conv at 1.
+PA_CASES = (("mlp", 8), ("image_3x224x224", 1))
+
+
+def _model_executions(http_port: int, model: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", http_port)
+    conn.request("GET", f"/v2/models/{model}/stats")
+    stats = json.loads(conn.getresponse().read())["model_stats"][0]
+    conn.close()
+    return int(stats.get("inference_count", 0))
+
+
+def run_perf_analyzer(pa: Path, repo: Path, rounds: int, interval_ms: int) -> list[dict]:
+    """perf_analyzer -i grpc and -i http (binary tensor data) against one server (uvicorn), alternating in
+    rounds; server CPU per request from /proc over each run and the model's inference count."""
+    from tensorwire.bench.triton_perf import parse_csv
+
+    rows = []
+    port = _free_port()
+    with tensorwire_server(repo, "--http-port", str(port)) as server:
+        for r in range(rounds):
+            for model, concurrency in PA_CASES:
+                for protocol, url in (("grpc", server.address), ("http", f"127.0.0.1:{port}")):
+                    csv_path = repo.parent / f"pa-{model}-{protocol}-{r}.csv"
+                    cmd = [str(pa), "-m", model, "-u", url, "-i", protocol, "-b", "1", "--concurrency-range",
+                           str(concurrency), "--measurement-interval", str(interval_ms), "--stability-percentage",
+                           "100", "--max-trials", "3", "-f", str(csv_path)]
+                    cpu0, n0 = cpu_seconds(server.process.pid), _model_executions(port, model)
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+                    cpu, n = cpu_seconds(server.process.pid) - cpu0, _model_executions(port, model) - n0
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"{shlex.join(cmd)} failed: {proc.stderr[-800:] or proc.stdout[-800:]}")
+                    f = parse_csv(csv_path.read_text())
+                    rows.append({"round": r, "model": model, "protocol": protocol, "concurrency": concurrency,
+                                 "throughput_rps": f["Inferences/Second"], "p50_ms": f["p50 latency"] / 1000,
+                                 "p99_ms": f.get("p99 latency", 0) / 1000,
+                                 "server_cpu_us_per_request": cpu / max(n, 1) * 1e6, "command": shlex.join(cmd)})
+    return rows
+
+
+def pa_markdown(rows: list[dict]) -> str:
+    lines = ["| model | protocol | concurrency | req/s (median of rounds) | p50 ms | server CPU us/req |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for model, concurrency in PA_CASES:
+        for protocol in ("grpc", "http"):
+            mine = [r for r in rows if r["model"] == model and r["protocol"] == protocol]
+            if not mine:
+                continue
+            med = {k: float(np.median([r[k] for r in mine]))
+                   for k in ("throughput_rps", "p50_ms", "server_cpu_us_per_request")}
+            lines.append(f"| {model} | {protocol} | {concurrency} | {med['throughput_rps']:.0f} | "
+                         f"{med['p50_ms']:.3f} | {med['server_cpu_us_per_request']:.0f} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | case | concurrency | p50 ms | p99 ms | req/s | server CPU us/req |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -139,6 +196,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=2000, help="requests per case and concurrency (default 2000)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="client threads (default 1 8)")
     p.add_argument("--out", type=Path, default=None, help="write results.json and results.md here")
+    p.add_argument("--perf-analyzer", type=Path, default=None, metavar="PATH",
+                   help="also run NVIDIA's perf_analyzer -i grpc vs -i http (bash bench/perf_analyzer_env.sh builds "
+                   "it; default: not run)")
+    p.add_argument("--rounds", type=int, default=3, help="perf_analyzer rounds, alternating protocols (default 3)")
+    p.add_argument("--interval-ms", type=int, default=2000, help="perf_analyzer --measurement-interval (default 2000)")
+    p.add_argument("--skip-engines", action="store_true", help="only the perf_analyzer comparison")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,11 +215,17 @@ def run(args: argparse.Namespace) -> int:
             (repo / name / "1").mkdir(parents=True)
             onnx.save(build(), str(repo / name / "1" / "model.onnx"))
             (repo / name / "config.pbtxt").write_text("max_batch_size: 8\n")
-        rows = run_engines(repo, args.requests, args.concurrency)
-    table = markdown(rows)
-    print(table)
+        rows = [] if args.skip_engines else run_engines(repo, args.requests, args.concurrency)
+        pa_rows = run_perf_analyzer(args.perf_analyzer, repo, args.rounds, args.interval_ms) \
+            if args.perf_analyzer else []
+    tables = ([markdown(rows)] if rows else []) + ([pa_markdown(pa_rows)] if pa_rows else [])
+    print("\n\n".join(tables))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-        (args.out / "results.md").write_text(table + "\n")
+        if rows:
+            (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+            (args.out / "results.md").write_text(markdown(rows) + "\n")
+        if pa_rows:
+            (args.out / "perf_analyzer.json").write_text(json.dumps(pa_rows, indent=1))
+            (args.out / "perf_analyzer.md").write_text(pa_markdown(pa_rows) + "\n")
     return 0
