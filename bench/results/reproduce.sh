@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-run the committed results on your machine (from the repository root, with tensorwire[cpu,export,bench]
 # installed). Close other heavy programs first: absolute times only mean something on a quiet machine.
-# Usage: bench/results/reproduce.sh [compare] [load] [overhead] [hotpath] [memory] [cpu] [triton-perf]
+# Usage: bench/results/reproduce.sh [compare] [load] [overhead] [hotpath] [memory] [cpu] [triton-perf] [http]
 #   (default: the first five; cpu takes ~4 min, triton-perf needs bash bench/perf_analyzer_env.sh first)
 set -euo pipefail
 OUT=${OUT:-bench/results}
@@ -57,4 +57,9 @@ fi
 if [[ $STEPS == *" triton-perf "* ]]; then
   tensorwire bench triton-perf --perf-analyzer "${PERF_ANALYZER:-/work/venv-pa/bin/perf_analyzer}" --rounds 4 \
     --out "$OUT/perf_analyzer"
+fi
+if [[ $STEPS == *" http "* ]]; then  # HTTP/REST: uvicorn vs granian beside gRPC, then perf_analyzer -i http vs -i grpc
+  tensorwire bench http-servers --requests 2000 --concurrency 1 8 --out "$OUT/http"
+  tensorwire bench http-servers --skip-engines --perf-analyzer "${PERF_ANALYZER:-/work/venv-pa/bin/perf_analyzer}" \
+    --rounds 5 --interval-ms 2000 --out "$OUT/http"
 fi
