@@ -195,7 +195,8 @@ def markdown(rows: list[dict]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=2000, help="requests per case and concurrency (default 2000)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="client threads (default 1 8)")
-    p.add_argument("--out", type=Path, default=None, help="write results.json and results.md here")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write results.json and results.md (perf_analyzer.json, .md) here (default: print only)")
     p.add_argument("--perf-analyzer", type=Path, default=None, metavar="PATH",
                    help="also run NVIDIA's perf_analyzer -i grpc vs -i http (bash bench/perf_analyzer_env.sh builds "
                    "it; default: not run)")
