@@ -140,14 +140,14 @@ def _model_executions(http_port: int, model: str) -> int:
     return int(stats.get("inference_count", 0))
 
 
-def run_perf_analyzer(pa: Path, repo: Path, rounds: int, interval_ms: int) -> list[dict]:
+def run_perf_analyzer(pa: Path, repo: Path, rounds: int, interval_ms: int, server_args: list[str] = ()) -> list[dict]:
     """perf_analyzer -i grpc and -i http (binary tensor data) against one server (uvicorn), alternating in
     rounds; server CPU per request from /proc over each run and the model's inference count."""
     from tensorwire.bench.triton_perf import parse_csv
 
     rows = []
     port = _free_port()
-    with tensorwire_server(repo, "--http-port", str(port)) as server:
+    with tensorwire_server(repo, "--http-port", str(port), *server_args) as server:
         for r in range(rounds):
             for model, concurrency in PA_CASES:
                 for protocol, url in (("grpc", server.address), ("http", f"127.0.0.1:{port}")):
@@ -203,6 +203,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="perf_analyzer rounds, alternating protocols (default 3)")
     p.add_argument("--interval-ms", type=int, default=2000, help="perf_analyzer --measurement-interval (default 2000)")
     p.add_argument("--skip-engines", action="store_true", help="only the perf_analyzer comparison")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra `tensorwire serve` argument for the perf_analyzer server (repeatable; default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             onnx.save(build(), str(repo / name / "1" / "model.onnx"))
             (repo / name / "config.pbtxt").write_text("max_batch_size: 8\n")
         rows = [] if args.skip_engines else run_engines(repo, args.requests, args.concurrency)
-        pa_rows = run_perf_analyzer(args.perf_analyzer, repo, args.rounds, args.interval_ms) \
+        pa_rows = run_perf_analyzer(args.perf_analyzer, repo, args.rounds, args.interval_ms, args.server_arg) \
             if args.perf_analyzer else []
     tables = ([markdown(rows)] if rows else []) + ([pa_markdown(pa_rows)] if pa_rows else [])
     print("\n\n".join(tables))

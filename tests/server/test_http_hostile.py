@@ -331,3 +331,38 @@ def test_sigterm_drains_http_requests_and_counts_them(tmp_path):
         np.testing.assert_allclose(result["y"], x, rtol=1e-5)
         assert s.process.wait(timeout=WAIT_S) == 0
     assert "1 request(s) in flight at the stop, all completed" in s.log()
+
+
+def test_a_slow_model_stalls_no_other_http_client(tmp_path):
+    """ONNX Runtime never runs on the event loop: while a slow model holds a pool thread, another model's
+    requests are answered (before the slow one), and with every pool thread busy, health still answers."""
+    import tritonclient.http as httpclient
+    from models import ADD_SUB_CONFIG, add_sub_model, write_model
+
+    write_model(tmp_path / "models", "slow", _slow_model(), "max_batch_size: 0\n")
+    write_model(tmp_path / "models", "add_sub", add_sub_model(), ADD_SUB_CONFIG)
+    with start_server(tmp_path / "models", "--http-thread-count", "2") as s:
+        x = np.zeros((2048, 512), np.float32)
+        done: dict[str, float] = {}
+
+        def slow(tag: str) -> None:
+            own = httpclient.InferenceServerClient(s.http_address, network_timeout=120)
+            inp = httpclient.InferInput("X", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            own.infer("slow", [inp])
+            done[tag] = time.monotonic()
+
+        first = threading.Thread(target=slow, args=("slow0",))
+        first.start()
+        time.sleep(0.3)  # the slow request is in the model (about a second per call)
+        for _ in range(3):
+            _healthy(s.http_port)  # another model's inference, answered meanwhile
+        fast_done = time.monotonic()
+        second = threading.Thread(target=slow, args=("slow1",))
+        second.start()  # now both pool threads are busy with the slow model
+        assert _request(s.http_port, "GET", "/v2/health/ready")[0] == 200
+        assert _request(s.http_port, "GET", "/v2/health/live")[0] == 200
+        first.join(WAIT_S * 2)
+        second.join(WAIT_S * 2)
+    assert fast_done < done["slow0"] and set(done) == {"slow0", "slow1"}
+
