@@ -201,11 +201,22 @@ def _infer(plane: DataPlane, args, req: Request) -> Reply:
     model = plane.model(args["m"], args["v"])
     http = parse_infer_request(memoryview(req.body), req.header_length, model.limits)
     http.request.model_name, http.request.model_version = args["m"], args["v"]
-    header, parts, _size = infer_response(plane.infer(model, http.request, req.call), http)
+    header, parts, _size = infer_response(plane.infer(model, http.request, _call(req.call, http.request)), http)
     if not parts:
         return Reply(200, header)
     return Reply(200, header, b"application/octet-stream", parts,
                  [(b"inference-header-content-length", str(len(header)).encode())])
+
+
+def _call(call: Call, request) -> Call:
+    """The caller, with the deadline of Triton's ``timeout`` request parameter (microseconds) when given: HTTP
+    carries no deadline of its own (gRPC's grpc-timeout), and a request still waiting past it is not run (504)."""
+    timeout_us = request.parameters.get("timeout")
+    if timeout_us is None:
+        return call
+    if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0:
+        raise InvalidArgument(f"parameter 'timeout' must be a positive integer of microseconds, got {timeout_us!r}")
+    return Call.of_http(call.is_active, timeout_us / 1e6)
 
 
 _MODEL = r"/v2/models/(?P<m>[^/]+)(?:/versions/(?P<v>[^/]+))?"

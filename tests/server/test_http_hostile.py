@@ -145,6 +145,19 @@ def test_malformed_requests_are_400_with_a_reason(hostile_server, body, status, 
         assert words in _error(reply)
 
 
+def test_timeout_parameter_is_the_deadline(hostile_server):
+    """Triton's request parameter 'timeout' (microseconds): a request whose deadline passed before it ran is
+    not computed, 504; a bad value is 400; a generous one changes nothing."""
+    body = json.loads(_infer_body([1.0] * 16))
+    port = hostile_server.http_port
+    for timeout, status in ((1, 504), (-5, 400), ("soon", 400), (60_000_000, 200)):
+        body["parameters"] = {"timeout": timeout}
+        reply = _request(port, "POST", "/v2/models/add_sub/infer", json.dumps(body).encode())
+        assert reply[0] == status, reply
+    assert "deadline passed" in _error(_request(port, "POST", "/v2/models/add_sub/infer", json.dumps(
+        {**body, "parameters": {"timeout": 1}}).encode()))
+
+
 def test_binary_shape_of_2_40_elements_is_400(hostile_server):
     header = json.dumps({"inputs": [{"name": n, "shape": [2**20, 2**20], "datatype": "FP32",
                                      "parameters": {"binary_data_size": 4}} for n in ("INPUT0", "INPUT1")]}).encode()
