@@ -116,6 +116,13 @@ def parse_infer_request(body: memoryview, header_length: int | None, limits: Req
     elif header_length > size:
         raise InvalidArgument(f"Inference-Header-Content-Length {header_length} is larger than the body "
                               f"({size} bytes)")
+    if header_length > limits.max_typed_contents_bytes:
+        # json.loads makes ~8 bytes of Python objects per byte of numbers: the JSON part is bounded before it is
+        # parsed, by the same flag that bounds what typed contents decode to (large tensors travel as binary).
+        raise ResourceExhausted(
+            f"the JSON part of the request is {header_length} bytes, above this server's bound of "
+            f"{limits.max_typed_contents_bytes} (--max-typed-contents-mb); send tensor data as binary data "
+            "(binary_data_size)")
     doc = loads(body[:header_length], "inference request")
     if not isinstance(doc, dict):
         raise InvalidArgument("inference request: expected a JSON object")

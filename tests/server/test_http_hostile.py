@@ -20,7 +20,8 @@ import pytest
 from serving import start_server
 
 LIMIT_MB = 1
-ARGS = ("--max-message-mb", str(LIMIT_MB), "--http-header-timeout", "1", "--http-body-timeout", "1",
+ARGS = ("--max-message-mb", str(LIMIT_MB), "--max-typed-contents-mb", "0.5", "--http-header-timeout", "1",
+        "--http-body-timeout", "1",
         "--max-concurrent-rpcs", "8", "--http-max-header-kb", "8", "--http-max-headers", "20",
         "--http-restricted-api", "model-repository:admin-key=s3cret")
 # Safety bound for loops that wait on the server: a broken server fails the test instead of hanging it.
@@ -156,6 +157,14 @@ def test_timeout_parameter_is_the_deadline(hostile_server):
         assert reply[0] == status, reply
     assert "deadline passed" in _error(_request(port, "POST", "/v2/models/add_sub/infer", json.dumps(
         {**body, "parameters": {"timeout": 1}}).encode()))
+
+
+def test_json_part_is_bounded_before_it_is_parsed(hostile_server):
+    """600 KB of JSON numbers (under --max-message-mb 1, over --max-typed-contents-mb 0.5) is refused before
+    json.loads turns it into ~5 MB of Python objects."""
+    reply = _request(hostile_server.http_port, "POST", "/v2/models/add_sub/infer", b"[" + b"0.5," * 150_000 + b"0]")
+    assert reply[0] == 429 and "--max-typed-contents-mb" in _error(reply)
+    _healthy(hostile_server.http_port)
 
 
 def test_binary_shape_of_2_40_elements_is_400(hostile_server):
