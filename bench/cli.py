@@ -1,4 +1,5 @@
-"""`tensorwire bench compare | load | overhead | batching | resilience | memory | cpu | triton-perf | report`.
+"""`tensorwire bench compare | load | overhead | batching | resilience | memory | cpu | http-servers | triton-perf
+| report`.
 
 Every subcommand is built the same way: its module declares its flags (``add_arguments(parser)``) and
 turns them into a run (``run(args) -> exit code``); this table only names the modules. Modules keep
@@ -21,6 +22,8 @@ COMMANDS = {
     "resilience": ("tensorwire.bench.resilience", "stalled clients, a killed worker, a metrics flood"),
     "memory": ("tensorwire.bench.memory", "peak server memory per hostile request vs a bare grpcio receive"),
     "cpu": ("tensorwire.bench.cpu", "server CPU per request, unary and streaming, variants beside a grpcio echo"),
+    "http-servers": ("tensorwire.bench.http_servers",
+                     "the HTTP server under the same handlers: uvicorn vs granian, beside gRPC"),
     "triton-perf": ("tensorwire.bench.triton_perf", "perf_analyzer: plain gRPC vs system shared memory vs streaming"),
     "report": ("tensorwire.bench.report", "re-draw the markdown and plots of a saved result JSON"),
 }

@@ -65,6 +65,8 @@ class LoadSettings:
     streaming: bool = False                  # --streaming: ModelStreamInfer, one request in flight per stream
     server_pids: list[int] | None = None     # --server-pid; None: whoever listens on a loopback target's port
     echo: bool = False                       # --echo: the same levels against a bare grpcio echo, alternating
+    protocol: str = "grpc"                   # --protocol: grpc, or http (KServe v2 REST, binary tensor data)
+    http_headers: dict[str, str] = field(default_factory=dict)  # set by run_load_http: the binary extension's
 
 
 def quick_settings(s: LoadSettings) -> LoadSettings:
@@ -197,6 +199,10 @@ class WorkerJob:
     tls: TLS | None = None
     headers: dict | None = None
     streaming: bool = False
+    protocol: str = "grpc"
+    model: str = ""
+    version: str = ""
+    http_headers: dict | None = None  # with protocol http: the request's headers (the binary extension's)
 
 
 class StreamError(grpc.RpcError):
@@ -353,9 +359,16 @@ def _worker(job: WorkerJob, results, ready, go, start_at) -> None:
     """Child process: open channels, warm up, report ready, wait for the common start, run, report."""
     try:
         n_channels = job.callers if job.mode == "closed" else 2
-        channels = [_channel(job.target, job.index * 1000 + i, job.tls, job.headers) for i in range(n_channels)]
-        calls = ([StreamCaller(ch) for ch in channels] if job.streaming
-                 else [ch.unary_unary(f"{SERVICE}/ModelInfer") for ch in channels])
+        if job.protocol == "http":
+            from tensorwire.bench.http_load import HttpCaller
+
+            channels = []
+            calls = [HttpCaller(job.target, job.model, job.version, {**(job.headers or {}), **job.http_headers})
+                     for _ in range(n_channels)]
+        else:
+            channels = [_channel(job.target, job.index * 1000 + i, job.tls, job.headers) for i in range(n_channels)]
+            calls = ([StreamCaller(ch) for ch in channels] if job.streaming
+                     else [ch.unary_unary(f"{SERVICE}/ModelInfer") for ch in channels])
         for call in calls:
             _warmup(call, job.request, job.warmup_s / max(1, len(calls)), job.timeout_s)
         ready.put(job.index)
@@ -363,7 +376,7 @@ def _worker(job: WorkerJob, results, ready, go, start_at) -> None:
         run = _closed if job.mode == "closed" else _open
         results.put((job.index, run(job, calls, start_at.value)))
         for call in calls:
-            if isinstance(call, StreamCaller):
+            if hasattr(call, "close"):
                 call.close()
         for ch in channels:
             ch.close()
@@ -396,7 +409,7 @@ def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, 
     start_at = ctx.Value("d", 0.0)
     jobs = [WorkerJob(s.target, request, mode, callers[i], rate / procs if mode == "open" else 0.0,
                       i / rate if mode == "open" else 0.0, s.duration_s, caps[i], s.warmup_s, s.timeout_s, i,
-                      s.tls, s.headers, s.streaming)
+                      s.tls, s.headers, s.streaming, s.protocol, s.model, s.version, s.http_headers)
             for i in range(procs)]
     workers = [ctx.Process(target=_worker, args=(j, results, ready, go, start_at), daemon=True) for j in jobs]
     for w in workers:
@@ -426,7 +439,7 @@ def run_level(s: LoadSettings, request: bytes, mode: str, concurrency: int = 0, 
     if fatal:
         raise RuntimeError(f"load worker failed: {fatal[0]}")
     level = merge(list(parts.values()), mode, concurrency, rate, procs)
-    level["transport"] = "ModelStreamInfer" if s.streaming else "ModelInfer"
+    level["transport"] = "HTTP infer" if s.protocol == "http" else "ModelStreamInfer" if s.streaming else "ModelInfer"
     level["server_cpu"] = procstat.cpu_per_request(cpu_before, cpu_after, level["ok"], pids) if pids else None
     level["cpu_us_per_request"] = level["server_cpu"]["us_per_request"] if pids else None
     return level
@@ -469,6 +482,8 @@ def run_load(s: LoadSettings) -> dict[str, Any]:
     """Every level of ``s``: a sanity request first, then closed-loop levels, then open-loop rates."""
     from tensorwire.bench import report
 
+    if s.protocol == "http":
+        return run_load_http(s)
     if s.inputs:
         specs = [parse_input_spec(t) for t in s.inputs]
         source = "--input"
@@ -512,6 +527,41 @@ def run_load(s: LoadSettings) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         echo = _start_echo(s, len(response), concurrency, stack) if s.echo else None
         _run_plan(s, request, plan, pids, echo, payload)
+    if s.out:
+        report.write_load(payload, s.out)
+    return payload
+
+
+def run_load_http(s: LoadSettings) -> dict[str, Any]:
+    """``run_load`` over KServe v2 REST: metadata from GET /v2/models/{m}, requests in binary tensor data."""
+    from tensorwire.bench import http_load, report
+
+    if s.streaming or s.echo or s.tls:
+        raise ValueError("--protocol http takes no --streaming, --echo or --ssl-grpc-* flags")
+    specs = ([parse_input_spec(t) for t in s.inputs] if s.inputs
+             else http_load.fetch_inputs(s.target, s.model, s.version, max(s.timeout_s, 30.0), s.headers))
+    arrays, data_source = make_inputs(specs, s.shapes, s.data, s.int_range, s.seed)
+    request, s.http_headers = http_load.encode(arrays)
+    first = http_load.HttpCaller(s.target, s.model, s.version, {**s.headers, **s.http_headers})
+    try:
+        response = first(request, timeout=max(s.timeout_s, 30.0))
+    except http_load.HttpError as exc:
+        raise RuntimeError(f"the first request to {s.model} at {s.target} failed: {exc}") from None
+    concurrency = s.concurrency or ([] if s.rates else [1, 8, 32])
+    plan = [("closed", c, 0.0) for c in concurrency] + [("open", 0, r) for r in s.rates]
+    pids = s.server_pids if s.server_pids is not None else procstat.local_server_pids(s.target)
+    payload: dict[str, Any] = {
+        "kind": "load", "schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine.describe(),
+        "settings": {**{k: v for k, v in asdict(s).items() if k not in ("out", "data", "headers", "http_headers")},
+                     "headers": sorted(s.headers), "out": str(s.out) if s.out else None,
+                     "data": str(s.data) if s.data else None, "processes": s.processes or usable_cpus(),
+                     "concurrency": concurrency},
+        "inputs": [{"name": n, "datatype": dt, "shape": list(a.shape)} for n, (dt, a) in arrays.items()],
+        "inputs_from": "--input" if s.inputs else "GET /v2/models", "data_source": data_source,
+        "request_bytes": len(request), "response_bytes": len(response),
+        "transport": "HTTP/REST binary tensor data", "server_pids": pids, "levels": [],
+    }
+    _run_plan(s, request, plan, pids, None, payload)
     if s.out:
         report.write_load(payload, s.out)
     return payload
@@ -572,7 +622,9 @@ def _ratio(ours: dict | None, echo: dict | None) -> float | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``tensorwire bench load``."""
-    p.add_argument("--target", required=True, help="HOST:PORT of the gRPC endpoint")
+    p.add_argument("--target", required=True, help="HOST:PORT of the gRPC (or, with --protocol http, HTTP) endpoint")
+    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc",
+                   help="grpc (ModelInfer), or http: KServe v2 REST with binary tensor data (default grpc)")
     p.add_argument("--model", required=True, help="model name")
     p.add_argument("--model-version", default="", help="model version (default: the server's choice)")
     p.add_argument("--concurrency", type=arguments.int_list, default=None,
@@ -649,6 +701,7 @@ def run(args: argparse.Namespace) -> int:
                          timeout_s=args.timeout, shapes=arguments.shapes(args.shape), inputs=args.inputs,
                          data=args.data, int_range=args.int_range, tls=_tls(args),
                          headers=_headers(args.header), streaming=args.streaming, echo=args.echo,
+                         protocol=args.protocol,
                          server_pids=[] if args.no_server_cpu else args.server_pid)
         if args.quick:
             quick_settings(s)

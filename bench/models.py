@@ -107,6 +107,11 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
 }
 
 
+# The request-cost pair the serving benchmarks send: name -> (builder, input name, request shape).
+REQUEST_MODELS = {"mlp": (mlp_model, "input", (1, 512)),
+                  "image_3x224x224": (image_model, "pixel_values", (1, 3, 224, 224))}
+
+
 def write_model(repo: Path, name: str, model: onnx.ModelProto | Path, config: str | None = None,
                 version: int = 1) -> Path:
     """``repo/name/version/model.onnx`` (a ModelProto saved, or a file hard-linked so that several configs

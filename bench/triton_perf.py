@@ -1,13 +1,13 @@
 """`tensorwire bench triton-perf`: NVIDIA's perf_analyzer against `tensorwire serve`, plain gRPC vs system
-shared memory vs streaming, side by side in alternating rounds.
+shared memory vs streaming vs HTTP/REST, side by side in alternating rounds.
 
 perf_analyzer (the C++ client in tritonclient 2.41.0's wheel; ``bash bench/perf_analyzer_env.sh`` builds
 its venv) measures, on one server started here with ``--allow-shared-memory``: a 3x224x224 FP32 conv at
-``-b 1`` and ``-b 8`` over plain gRPC and over ``--shared-memory system``; a 512-wide MLP at concurrency 8
-unary and ``--streaming``; and a 2 KB request (512 FP32 in, one number out) at concurrency 1, whose p50
-plus the conv's in-process ONNX Runtime time is the floor the shared-memory p50 is held to. perf_analyzer
-does not compare outputs, so tritonclient sends one fixed input both ways first and the outputs must be
-equal. Figures are perf_analyzer's own CSV (``-f``), with each exact command.
+``-b 1`` and ``-b 8`` over plain gRPC and over ``--shared-memory system`` (and ``-b 1`` over ``-i http``); a
+512-wide MLP at concurrency 8 unary, ``--streaming`` and over ``-i http``; and a 2 KB request (512 FP32 in,
+one number out) at concurrency 1, whose p50 plus the conv's in-process ONNX Runtime time is the floor the
+shared-memory p50 is held to. perf_analyzer does not compare outputs, so tritonclient sends one fixed input
+both ways first and the outputs must be equal. Figures are perf_analyzer's own CSV (``-f``), with each exact command.
 
 ``tensorwire bench triton-perf [--perf-analyzer PATH] [--rounds R] [--interval-ms MS] [--out DIR]``
 """
@@ -51,15 +51,18 @@ class Case:
     shm: bool = False
     streaming: bool = False
     pair: str = ""
+    http: bool = False  # perf_analyzer -i http (binary tensor data) against the server's HTTP port
 
 
 CASES = [
     Case("conv_b1_grpc", "conv", 1, pair="conv_b1"),
     Case("conv_b1_shm", "conv", 1, shm=True, pair="conv_b1"),
+    Case("conv_b1_http", "conv", 1, pair="conv_b1", http=True),
     Case("conv_b8_grpc", "conv", 8, pair="conv_b8"),
     Case("conv_b8_shm", "conv", 8, shm=True, pair="conv_b8"),
     Case("mlp_c8_unary", "mlp", 1, 8, pair="mlp_c8"),
     Case("mlp_c8_streaming", "mlp", 1, 8, streaming=True, pair="mlp_c8"),
+    Case("mlp_c8_http", "mlp", 1, 8, pair="mlp_c8", http=True),
     Case("small2k_c1_grpc", "small2k", 1, pair="small2k"),
 ]
 
@@ -81,7 +84,7 @@ def command(pa: Path, address: str, case: Case, csv_path: Path, interval_ms: int
     """The perf_analyzer command line of one case (recorded as it ran). ``stability`` is perf_analyzer's
     --stability-percentage: its default 10 never settles on a shared 2-core machine, so we accept the last
     three windows as they are and get the spread from the rounds instead."""
-    cmd = [str(pa), "-m", case.model, "-u", address, "-i", "grpc", "-b", str(case.batch),
+    cmd = [str(pa), "-m", case.model, "-u", address, "-i", "http" if case.http else "grpc", "-b", str(case.batch),
            "--concurrency-range", str(case.concurrency), "--measurement-interval", str(interval_ms),
            "--stability-percentage", str(stability), "--max-trials", str(max_trials), "-f", str(csv_path)]
     if case.shm:
@@ -261,7 +264,8 @@ def measure(plan: Plan) -> dict[str, Any]:
             for case in cases if r % 2 == 0 else cases[::-1]:
                 if case.shm and shm_reason:
                     continue
-                run = run_case(plan.perf_analyzer, server.address, case, workdir, plan.interval_ms,
+                address = server.http_address if case.http else server.address
+                run = run_case(plan.perf_analyzer, address, case, workdir, plan.interval_ms,
                                plan.max_trials, plan.timeout_s, plan.stability)
                 payload["runs"].append({**run, "round": r})
     return payload

@@ -2,8 +2,8 @@
 
 One :class:`~tensorwire.server.dataplane.DataPlane` per process owns every operation; the transports are
 thin over it: the gRPC front end (``--grpc-frontend``: the serving loop on grpcio's C-core, ``grpc_core.py``,
-or grpcio's own server, ``grpc_service.py``) and the background services (metrics endpoint, repository
-polling).
+or grpcio's own server, ``grpc_service.py``), the HTTP/REST front end (uvicorn, ``http_service.py``) and the
+background services (metrics endpoint, repository polling).
 """
 
 from __future__ import annotations
@@ -71,8 +71,14 @@ class TensorwireServer:
         self.repository = ModelRepository(settings, self.scratch)
         self.plane = DataPlane(self.repository, self.codec, SharedMemoryRegistry(settings))
         self.grpc = grpc_frontend(self.plane)
+        self.http = None
+        if settings.allow_http:
+            from tensorwire.server.http_service import HttpFrontend
+
+            self.http = HttpFrontend(self.plane)
         self.background = BackgroundServices(settings, self.repository, self.scratch)
         self.port = 0
+        self.http_port = 0
 
     def start(self) -> TensorwireServer:
         s = self.settings
@@ -87,6 +93,8 @@ class TensorwireServer:
         self.repository.load_all()
         self._check_startup_loads()
         self.port = self.grpc.start()
+        if self.http is not None:
+            self.http_port = self.http.start()
         self.plane.started.set()
         self.refresh_health()
         if s.port_file:
@@ -113,7 +121,13 @@ class TensorwireServer:
         self.background.stop()
         self.plane.draining.set()
         started, finished = self.plane.in_flight.snapshot()
-        self.grpc.stop(grace)
+        if self.http is not None:  # both drain at once: each gets the whole grace
+            stopping = threading.Thread(target=self.http.stop, args=(grace,), name="tensorwire-http-stop")
+            stopping.start()
+            self.grpc.stop(grace)
+            stopping.join()
+        else:
+            self.grpc.stop(grace)
         still_started, still_finished = self.plane.in_flight.snapshot()
         cut = still_started - still_finished  # cancelled when the grace ran out
         self.repository.close()
@@ -139,7 +153,9 @@ def serve(settings: ServerSettings, quiet: bool = False) -> int:
     server = TensorwireServer(settings).start()
     models = ", ".join(server.plane.ready_models()) or "none"
     if not quiet:
-        print(f"tensorwire: serving {pb.SERVICE_NAME} on {settings.host}:{server.port} "
+        http = (f", HTTP/REST on {settings.http_address or settings.host}:{server.http_port}"
+                if server.http is not None else "")
+        print(f"tensorwire: serving {pb.SERVICE_NAME} on {settings.host}:{server.port}{http} "
               f"(fastpath: {server.codec.name}; models ready: {models})", flush=True)
     while not stop.wait(0.5):
         server.refresh_health()

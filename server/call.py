@@ -1,8 +1,8 @@
 """What a model needs to know about the caller of one request, whatever the transport carried it.
 
 A transport builds one ``Call`` per request: ``Call.of_grpc`` for grpcio's servicer context, ``Call.of_core``
-for the C-core serving loop (the deadline of its call details and its receive-close result); the HTTP server
-builds its own from its call state. The model reads only these
+for the C-core serving loop (the deadline of its call details and its receive-close result), ``Call.of_http``
+for an HTTP request. The model reads only these
 facts: when the caller stops waiting (``deadline``), whether it still waits (``is_active``), and a way to be
 told the moment it stops (``on_end``), which lets a queued request leave at once when its client goes away;
 and the shared-memory token it presented (``shm_token``), when the server requires one.
@@ -46,6 +46,13 @@ class Call:
         """A call of the C-core serving loop: ``deadline`` as grpc core's call details carry it (a time.time()
         instant, about 2**63 without one); ``shm_token`` read from its invocation metadata when required."""
         return cls(deadline_in(deadline - time.time()), is_active, on_end, shm_token)
+
+    @classmethod
+    def of_http(cls, is_active: Callable[[], bool] | None, timeout_s: float | None = None,
+                shm_token: str | None = None) -> Call:
+        """The caller of an HTTP request: ``is_active`` is False once its connection is gone; ``timeout_s``
+        the seconds it waits (None: as long as it takes); ``shm_token`` from its header when required."""
+        return cls(deadline_in(timeout_s), is_active, None, shm_token)
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None without a deadline."""

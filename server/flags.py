@@ -134,3 +134,24 @@ def check_settings(s: ServerSettings) -> None:
         raise SettingsError(str(exc)) from None
     check_tls_settings(s)
     check_restricted_protocols(s.grpc_restricted_protocol)
+    check_http_settings(s)
+
+
+def check_http_settings(s: ServerSettings) -> None:
+    """The HTTP endpoint's flags: ports, bounds, and the same locks as gRPC (security.py)."""
+    from tensorwire.server.security import check_http_locked_like_grpc
+
+    if not s.allow_http:
+        return
+    if not 0 <= s.http_port <= 65535:
+        raise SettingsError(f"--http-port must be a port number (0 for any free one), got {s.http_port}")
+    address = s.http_address or s.host
+    if s.http_port and s.http_port == s.grpc_port and address == s.host:
+        raise SettingsError(f"--http-port {s.http_port} is also --grpc-port; give them different ports")
+    if s.allow_metrics and s.http_port and s.http_port == s.metrics_port and address == (s.metrics_address or s.host):
+        raise SettingsError(f"--http-port {s.http_port} is also --metrics-port; give them different ports")
+    for name in ("http_thread_count", "http_header_timeout", "http_body_timeout", "http_keepalive_timeout",
+                 "http_max_header_kb", "http_max_headers"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
+    check_http_locked_like_grpc(s)

@@ -82,10 +82,11 @@ def _public_bytes(key) -> bytes:
 
 def check_tls_settings(s: ServerSettings) -> None:
     """Every TLS file readable and well-formed, the key the certificate's, before the server starts."""
-    if not s.tls:
+    if not (s.tls or s.http_tls):
         for flag, value in (("--grpc-server-cert", s.grpc_server_cert), ("--grpc-server-key", s.grpc_server_key)):
             if value is not None:
-                raise SettingsError(f"{flag} is set but TLS is off: add --grpc-use-ssl (or --grpc-use-ssl-mutual)")
+                raise SettingsError(f"{flag} is set but TLS is off: add --grpc-use-ssl (or --grpc-use-ssl-mutual, "
+                                    "--http-use-ssl)")
         return
     cert_pem = _read(s.grpc_server_cert, "--grpc-server-cert")
     key_pem = _read(s.grpc_server_key, "--grpc-server-key")
@@ -94,7 +95,7 @@ def check_tls_settings(s: ServerSettings) -> None:
     if _public_bytes(key.public_key()) != _public_bytes(cert.public_key()):
         raise SettingsError(f"--grpc-server-key {s.grpc_server_key} is not the key of the certificate in "
                             f"--grpc-server-cert {s.grpc_server_cert}")
-    if s.grpc_use_ssl_mutual:
+    if s.grpc_use_ssl_mutual or s.http_use_ssl_mutual:
         root = _read(s.grpc_root_cert, "--grpc-root-cert")
         _load_certificates(root, s.grpc_root_cert, "--grpc-root-cert")
 
@@ -125,28 +126,30 @@ class Restriction:
         return False
 
 
-def parse_restriction(text: str) -> Restriction:
-    """``<protocol>[,<protocol>...]:<key>=<value>``, as Triton's --grpc-restricted-protocol."""
+def parse_restriction(text: str, flag: str = "--grpc-restricted-protocol", prefix: str = HEADER_PREFIX) -> Restriction:
+    """``<protocol>[,<protocol>...]:<key>=<value>``, as Triton's --grpc-restricted-protocol (and, with
+    ``prefix`` "", its --http-restricted-api, whose header is the key itself)."""
     protocols, sep, pair = text.partition(":")
     key, eq, value = pair.partition("=")
     if not sep or not eq or not key.strip() or not protocols.strip():
-        raise SettingsError(f"--grpc-restricted-protocol {text!r}: expected <protocol>[,<protocol>...]:<key>=<value>")
+        raise SettingsError(f"{flag} {text!r}: expected <protocol>[,<protocol>...]:<key>=<value>")
     categories = tuple(p.strip() for p in protocols.split(",") if p.strip())
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:
-        raise SettingsError(f"--grpc-restricted-protocol {text!r}: unknown protocol(s) {', '.join(unknown)}; "
+        raise SettingsError(f"{flag} {text!r}: unknown protocol(s) {', '.join(unknown)}; "
                             f"known: {', '.join(CATEGORIES)}")
-    return Restriction(categories, HEADER_PREFIX + key.strip().lower(), value.encode())
+    return Restriction(categories, prefix + key.strip().lower(), value.encode())
 
 
-def check_restricted_protocols(texts: list[str]) -> list[Restriction]:
+def check_restricted_protocols(texts: list[str], flag: str = "--grpc-restricted-protocol",
+                               prefix: str = HEADER_PREFIX) -> list[Restriction]:
     """Parse every group; a protocol may be in one group only."""
-    restrictions = [parse_restriction(t) for t in texts]
+    restrictions = [parse_restriction(t, flag, prefix) for t in texts]
     seen: dict[str, str] = {}
     for r in restrictions:
         for c in r.categories:
             if c in seen:
-                raise SettingsError(f"--grpc-restricted-protocol: protocol '{c}' is in two groups "
+                raise SettingsError(f"{flag}: protocol '{c}' is in two groups "
                                     f"(headers {seen[c]} and {r.header}); give each protocol once")
             seen[c] = r.header
     return restrictions
@@ -195,6 +198,28 @@ class RestrictedProtocols(grpc.ServerInterceptor):
 def interceptors(s: ServerSettings) -> list[grpc.ServerInterceptor]:
     by_method = restriction_table(s)
     return [RestrictedProtocols(by_method)] if by_method else []
+
+
+def check_http_locked_like_grpc(s: ServerSettings) -> None:
+    """HTTP is never the open side door of a locked gRPC port: with gRPC behind TLS, mutual TLS or restricted
+    categories, HTTP must have the same lock (or be off), else the server refuses to start and names the flags."""
+    if not s.allow_http:
+        return
+    missing = []
+    if s.tls and not s.http_tls:
+        missing.append("--http-use-ssl (gRPC has --grpc-use-ssl)")
+    if s.grpc_use_ssl_mutual and not s.http_use_ssl_mutual:
+        missing.append("--http-use-ssl-mutual (gRPC has --grpc-use-ssl-mutual)")
+    grpc_locked = {c for r in check_restricted_protocols(s.grpc_restricted_protocol) for c in r.categories}
+    http_locked = {c for r in check_restricted_protocols(s.http_restricted_api, "--http-restricted-api", "")
+                   for c in r.categories}
+    open_on_http = sorted(grpc_locked - http_locked)
+    if open_on_http:
+        missing.append(f"--http-restricted-api for {', '.join(open_on_http)} (restricted on gRPC by "
+                       "--grpc-restricted-protocol)")
+    if missing:
+        raise SettingsError("HTTP would serve without the protection gRPC has: add " + "; ".join(missing)
+                            + ", or turn HTTP off with --allow-http=false (docs/http.md)")
 
 
 def loopback_only(host: str) -> bool:

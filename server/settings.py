@@ -87,6 +87,38 @@ class ServerSettings:
         None, help="write the bound port to this file once listening", metavar="FILE", parse=Path, shown="none")
     workers: int = setting(
         1, help="server processes sharing the port via SO_REUSEPORT, each with its own sessions")
+    # -- HTTP/REST: KServe v2 with Triton's extensions (docs/http.md) --------------------------------------
+    allow_http: bool = setting(
+        True, optional_bool=True, help="serve the KServe v2 HTTP/REST protocol (Triton's binary tensor data "
+        "extension included) beside gRPC")
+    http_port: int = setting(8000, help="HTTP port; 0 picks a free one (see --http-port-file)")
+    http_address: str = setting("", shown="--host", metavar="ADDRESS", help="address the HTTP endpoint listens on")
+    http_port_file: Path | None = setting(
+        None, parse=Path, metavar="FILE", shown="none", help="write the bound HTTP port to this file once listening")
+    http_thread_count: int = setting(
+        8, help="threads that run HTTP requests' work (decoding, ONNX Runtime, encoding); the event loop that "
+        "reads and writes the sockets never runs a model")
+    http_restricted_api: list[str] = setting(
+        factory=list, repeat=True, metavar="APIS:KEY=VALUE", shown="none",
+        help="HTTP endpoints in these categories (as --grpc-restricted-protocol's) must carry the header KEY: "
+        "VALUE, else 403 (repeatable; a category in one group at most)")
+    http_use_ssl: bool = setting(
+        False, optional_bool=True,
+        help="serve HTTP over TLS with the certificate and key of --grpc-server-cert and --grpc-server-key")
+    http_use_ssl_mutual: bool = setting(
+        False, optional_bool=True,
+        help="mutual TLS on HTTP: clients must present a certificate signed by --grpc-root-cert (implies TLS)")
+    http_header_timeout: float = setting(
+        10.0, metavar="SECONDS", help="seconds a client has to send a request's line and headers; a slower one is "
+        "closed (slowloris)")
+    http_body_timeout: float = setting(
+        30.0, metavar="SECONDS", help="most seconds between two parts of a request's body; a stalled one is "
+        "answered 408 and closed")
+    http_keepalive_timeout: float = setting(
+        60.0, metavar="SECONDS", help="seconds an idle keep-alive HTTP connection stays open")
+    http_max_header_kb: int = setting(
+        64, metavar="KIB", help="largest request line and headers of one HTTP request, in KiB (431 beyond)")
+    http_max_headers: int = setting(100, help="most header fields one HTTP request may carry (431 beyond)")
     # -- model control (docs/security.md) -----------------------------------------------------------------
     model_control_mode: str = setting(
         "none", choices=MODEL_CONTROL_MODES,
@@ -288,3 +320,7 @@ class ServerSettings:
     @property
     def tls(self) -> bool:
         return self.grpc_use_ssl or self.grpc_use_ssl_mutual
+
+    @property
+    def http_tls(self) -> bool:
+        return self.http_use_ssl or self.http_use_ssl_mutual

@@ -94,7 +94,7 @@ class Supervisor:
             settings, grpc_port=port, reuse_port=True, workers=1,
             cpu_affinity=share_for_worker(settings.cpu_affinity, i, n),
             session_cpus=max(1, (len(settings.cpu_affinity) or usable_cpus()) // n) if shared else 0,
-            port_file=tmp / f"worker-{i}.port", **worker_metrics(tmp, i))) for i in range(n)]
+            port_file=tmp / f"worker-{i}.port", http_port_file=None, **worker_metrics(tmp, i))) for i in range(n)]
         self.deaths: deque[float] = deque()
         self.crash_loop = False
 
@@ -162,28 +162,41 @@ def serve_workers(settings: ServerSettings, worker_main: WorkerMain) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with reserve_port(settings.host, settings.grpc_port) as port, tempfile.TemporaryDirectory() as tmp:
-        supervisor = Supervisor(settings, port, Path(tmp), worker_main)
-        for slot in supervisor.slots:
-            supervisor.start(slot)
-        started = supervisor.wait_started(stop)
-        metrics = None
-        if started:
-            from tensorwire.server.metrics import start_parent_metrics
+    with contextlib.ExitStack() as stack:
+        port = stack.enter_context(reserve_port(settings.host, settings.grpc_port))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        if settings.allow_http:  # every worker serves both ports
+            http_port = stack.enter_context(reserve_port(settings.http_address or settings.host, settings.http_port))
+            settings = dataclasses.replace(settings, http_port=http_port)
+        return _supervise(settings, port, Path(tmp), worker_main, stop)
 
-            metrics = start_parent_metrics(settings, [s.settings.metrics_port_file for s in supervisor.slots])
-            if settings.port_file:
-                settings.port_file.write_text(str(port))
-            pids = ", ".join(str(s.process.pid) for s in supervisor.slots)
-            print(f"tensorwire: serving on {settings.host}:{port} with {settings.workers} worker processes "
-                  f"(pids {pids})", flush=True)
-            while not stop.wait(0.1) and supervisor.replace_dead(stop):
-                pass
-        else:
-            log.error("workers did not all start")
-        codes = supervisor.stop_all()
-        if metrics is not None:
-            metrics.close()
+
+def _supervise(settings: ServerSettings, port: int, tmp: Path, worker_main: WorkerMain,
+               stop: threading.Event) -> int:
+    """Start, watch and stop the workers on the reserved ports; 0 if all stopped cleanly."""
+    supervisor = Supervisor(settings, port, tmp, worker_main)
+    for slot in supervisor.slots:
+        supervisor.start(slot)
+    started = supervisor.wait_started(stop)
+    metrics = None
+    if started:
+        from tensorwire.server.metrics import start_parent_metrics
+
+        metrics = start_parent_metrics(settings, [s.settings.metrics_port_file for s in supervisor.slots])
+        if settings.port_file:
+            settings.port_file.write_text(str(port))
+        if settings.allow_http and settings.http_port_file:
+            settings.http_port_file.write_text(str(settings.http_port))
+        pids = ", ".join(str(s.process.pid) for s in supervisor.slots)
+        print(f"tensorwire: serving on {settings.host}:{port} with {settings.workers} worker processes "
+              f"(pids {pids})", flush=True)
+        while not stop.wait(0.1) and supervisor.replace_dead(stop):
+            pass
+    else:
+        log.error("workers did not all start")
+    codes = supervisor.stop_all()
+    if metrics is not None:
+        metrics.close()
     ok = started and stop.is_set() and not supervisor.crash_loop and all(c == 0 for c in codes)
     restarts = sum(s.restarts for s in supervisor.slots)
     print(f"tensorwire: workers exited with {codes} after {restarts} replacement(s)"

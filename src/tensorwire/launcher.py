@@ -33,6 +33,15 @@ class ServerProcess:
     log_path: Path
     final_log: str | None = None  # kept once the server has stopped (its temporary log file is gone)
     metrics_port: int | None = None  # `tensorwire serve`'s metrics endpoint (its --metrics-port-file)
+    http_port: int | None = None  # `tensorwire serve`'s HTTP/REST endpoint (its --http-port-file)
+
+    @property
+    def http_address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -89,8 +98,11 @@ def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit:
     metrics_file = workdir / f"metrics-port-{stamp}"
     log_path = workdir / f"server-{stamp}.log"
     server = None
+    http_file = workdir / f"http-port-{stamp}"
     if "serve" in command and "--metrics-port" in command:  # where its metrics port went (with port 0)
         command = [*command, "--metrics-port-file", str(metrics_file)]
+    if "serve" in command and "--http-port" in command:  # where its HTTP port went (with port 0)
+        command = [*command, "--http-port-file", str(http_file)]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([*command, "--port-file", str(port_file)], stdout=log_file,
                                 stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -103,7 +115,9 @@ def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit:
         address = f"127.0.0.1:{port_file.read_text().strip()}"
         _wait_live(address, proc, log_path, deadline, tls, headers)
         metrics_text = metrics_file.read_text().strip() if metrics_file.exists() else ""
-        server = ServerProcess(address, proc, log_path, metrics_port=int(metrics_text) if metrics_text else None)
+        http_text = http_file.read_text().strip() if http_file.exists() else ""
+        server = ServerProcess(address, proc, log_path, metrics_port=int(metrics_text) if metrics_text else None,
+                               http_port=int(http_text) if http_text else None)
         yield server
     finally:
         if proc.poll() is None:
@@ -122,9 +136,11 @@ def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit:
 
 
 def tensorwire_server(repository: Path, *extra_args: str, **kw) -> contextlib.AbstractContextManager[ServerProcess]:
-    """`tensorwire serve` on 127.0.0.1 and a free port (its metrics endpoint too, unless ``extra_args`` say)."""
+    """`tensorwire serve` on 127.0.0.1 and a free port (its metrics and HTTP endpoints too, unless ``extra_args``
+    say)."""
+    http = [] if any(a.startswith("--allow-http") for a in extra_args) else ["--http-port", "0"]
     args = ["-m", "tensorwire", "serve", "--model-repository", str(repository), "--host", "127.0.0.1",
-            "--grpc-port", "0", "--metrics-port", "0", *extra_args]
+            "--grpc-port", "0", "--metrics-port", "0", *http, *extra_args]
     return launch(args, **kw)
 
 

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import venv
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from tensorwire.server.grpc_methods import LIVENESS_SERVICE
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROBE_SERVICES = {"", pb.SERVICE_NAME, LIVENESS_SERVICE}
+PROBE_PATHS = {"/v2/health/live", "/v2/health/ready"}
 
 
 def _documents() -> list[dict]:
@@ -56,13 +58,13 @@ def _check_container(container: dict, grace_s: float | None = None, annotations:
     """A serving container against `tensorwire serve`: flags, ports, probes, drain time, scrape port."""
     s = _serve_settings(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert s.grpc_port in ports.values() and (ports.get("grpc") or ports.get("h2c")) == s.grpc_port
+    assert s.allow_http and (ports.get("http") or ports.get("http1")) == s.http_port
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         if probe in container:
-            assert container[probe]["grpc"]["port"] == s.grpc_port, probe
-            assert container[probe]["grpc"].get("service", "") in PROBE_SERVICES, probe
-    assert container["readinessProbe"]["grpc"]["service"] == pb.SERVICE_NAME  # strict readiness
-    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE  # a failed model is no restart
+            assert container[probe]["httpGet"]["port"] == s.http_port, probe
+            assert container[probe]["httpGet"]["path"] in PROBE_PATHS, probe
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"  # strict readiness
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"  # a failed model is no restart
     if annotations is not None:
         port_key = next(k for k in annotations if k.endswith("/port"))
         assert int(annotations[port_key]) == s.metrics_port and s.allow_metrics
@@ -94,8 +96,9 @@ def test_kserve_runtime_and_inference_service_agree_with_the_cli():
     assert {"name": "onnx"}.items() <= spec["supportedModelFormats"][0].items()
     assert {"v2", "grpc-v2"} <= set(spec["protocolVersions"])
     (container,) = spec["containers"]
-    assert [p["name"] for p in container["ports"]] == ["h2c"]  # KServe's name for a gRPC (HTTP/2) port
+    assert [p["name"] for p in container["ports"]] == ["http1"]  # KServe's name for a REST (HTTP/1.1) port
     _check_container(container, annotations=spec["annotations"])
+    assert _serve_settings(container["args"]).grpc_port == 9000  # grpc-v2: KServe's h2c port
     assert _serve_settings(container["args"]).model_repository == Path("/mnt/models")  # KServe's mount
     (isvc,) = _kind("InferenceService")
     model = isvc["spec"]["predictor"]["model"]
@@ -110,24 +113,29 @@ def test_dockerfile_command_parses_and_runs_as_non_root():
     assert entry[:2] == ["tensorwire", "serve"]
     s = _serve_settings(cmd)
     exposed = {int(p) for i, a in lines if i == "EXPOSE" for p in a.split()}
-    assert {s.grpc_port, s.metrics_port} == exposed
+    assert {s.http_port, s.grpc_port, s.metrics_port} == exposed
     user = [a for i, a in lines if i == "USER"][-1]
     assert user.isdigit() and int(user) != 0
 
 
-def test_each_probe_service_answers_on_a_server_started_with_the_deployment_args(tmp_path):
+def test_each_probe_answers_on_a_server_started_with_the_deployment_args(tmp_path):
+    """Each probe's HTTP path answers 200 on a server started as the Deployment starts it; the gRPC health
+    services (for probes that use them) too."""
     (deployment,) = _kind("Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     repo = tmp_path / "models"
     write_model(repo, "add_sub", add_sub_model(), ADD_SUB_CONFIG)
     args = ["-m", "tensorwire", "serve", *container["args"], "--model-repository", str(repo), "--host", "127.0.0.1",
-            "--grpc-port", "0", "--metrics-port", "0"]  # last wins: loopback and free ports for the test
+            "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0"]  # last wins: loopback and free ports
     with launch(args) as s, grpc.insecure_channel(s.address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            service = container[probe]["grpc"].get("service", "")
+            url = f"{s.http_url}{container[probe]['httpGet']['path']}"
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                assert resp.status == 200, (probe, url)
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in PROBE_SERVICES:
             status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
-            assert status == health_pb2.HealthCheckResponse.SERVING, (probe, service)
+            assert status == health_pb2.HealthCheckResponse.SERVING, service
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
@@ -174,7 +182,8 @@ def test_dockerfile_pip_steps_build_and_run_in_a_plain_venv(tmp_path):
     write_model(repo, "add_sub", add_sub_model(), ADD_SUB_CONFIG)
     port_file = tmp_path / "port"
     argv = [str(bin_dir / entry[0]), *entry[1:], *[str(repo) if a == "/models" else a for a in cmd],
-            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file)]
+            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--http-port", "0",
+            "--port-file", str(port_file)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120

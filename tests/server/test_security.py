@@ -252,9 +252,24 @@ def pki(tmp_path_factory):
 
 
 def _tls_args(pki, mutual: bool = False) -> tuple[str, ...]:
-    args = ("--grpc-use-ssl", "--grpc-server-cert", str(pki["server"].cert), "--grpc-server-key",
+    """TLS (or mutual TLS) on gRPC and, as the server requires, on HTTP too."""
+    args = ("--grpc-use-ssl", "--http-use-ssl", "--grpc-server-cert", str(pki["server"].cert), "--grpc-server-key",
             str(pki["server"].key))
-    return args + ("--grpc-use-ssl-mutual", "--grpc-root-cert", str(pki["ca"])) if mutual else args
+    return args + ("--grpc-use-ssl-mutual", "--http-use-ssl-mutual", "--grpc-root-cert", str(pki["ca"])) \
+        if mutual else args
+
+
+def _https_status(s, pki, client=None) -> int:
+    """GET /v2/health/ready over HTTPS with the CA (and a client certificate when given)."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    if client is not None:
+        context.load_cert_chain(str(client.cert), str(client.key))
+    with urllib.request.urlopen(f"https://localhost:{s.http_port}/v2/health/ready", context=context,
+                                timeout=30) as resp:
+        return resp.status
 
 
 def test_tls_with_tritonclient(repo, pki, frontend):
@@ -267,6 +282,15 @@ def test_tls_with_tritonclient(repo, pki, frontend):
         plain = grpcclient.InferenceServerClient(s.address)
         with pytest.raises(InferenceServerException):
             plain.is_server_live(client_timeout=10)
+        assert _https_status(s, pki) == 200
+        with pytest.raises(OSError):  # plaintext HTTP gets no answer from the TLS port
+            urllib_plain(s.http_port)
+
+
+def urllib_plain(port: int) -> None:
+    import urllib.request
+
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=10).close()
 
 
 def test_mutual_tls_refuses_clients_without_a_certificate_from_the_root(repo, pki, frontend):
@@ -284,6 +308,10 @@ def test_mutual_tls_refuses_clients_without_a_certificate_from_the_root(repo, pk
             with pytest.raises(InferenceServerException):
                 refused.is_server_live(client_timeout=10)
         assert ok.is_server_live()
+        assert _https_status(s, pki, client) == 200
+        for who in (None, pki["stranger"]):
+            with pytest.raises(OSError):
+                _https_status(s, pki, who)
 
 
 def _serve_fails(repo: Path, *args: str) -> str:
@@ -308,7 +336,9 @@ def test_bad_tls_files_stop_the_start_naming_the_file(repo, pki, tmp_path):
 
 # -- restricted protocols -----------------------------------------------------------------------------
 RESTRICTED = ("--grpc-restricted-protocol=inference,model-repository:admin-key=s3cret",
-              "--grpc-restricted-protocol=health:probe-key=p")
+              "--grpc-restricted-protocol=health:probe-key=p",
+              "--http-restricted-api=inference,model-repository:admin-key=s3cret",
+              "--http-restricted-api=health:probe-key=p")
 ADMIN = {"triton-grpc-protocol-admin-key": "s3cret"}
 PROBE = {"triton-grpc-protocol-probe-key": "p"}
 
@@ -354,7 +384,7 @@ def test_restricted_protocol_flag_is_checked(repo, flag, message):
 
 def test_bench_load_speaks_tls_and_headers(repo, pki):
     """Our own load generator reaches a TLS server whose inference is restricted (perf_analyzer's flag names)."""
-    with start_server(repo, *_tls_args(pki), RESTRICTED[0], tls=TLS(pki["ca"])) as s:
+    with start_server(repo, *_tls_args(pki), RESTRICTED[0], RESTRICTED[2], tls=TLS(pki["ca"])) as s:
         base = [sys.executable, "-m", "tensorwire", "bench", "load", "--target", s.address, "--model", "add_sub",
                 "--concurrency", "1", "--quick", "--processes", "1", "--ssl-grpc-use-ssl",
                 "--ssl-grpc-root-certifications-file", str(pki["ca"])]

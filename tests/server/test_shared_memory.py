@@ -486,7 +486,8 @@ def test_fuzz_shared_memory_parameters(client, served):
 # -- flags and the restricted category ---------------------------------------------------------------------
 def test_restricted_category_covers_every_shared_memory_rpc(repo):
     header = {"triton-grpc-protocol-shm-key": "k"}
-    with start_server(repo, "--allow-shared-memory", "--grpc-restricted-protocol=shared-memory:shm-key=k") as s:
+    with start_server(repo, "--allow-shared-memory", "--grpc-restricted-protocol=shared-memory:shm-key=k",
+                      "--http-restricted-api=shared-memory:shm-key=k") as s:
         c = grpcclient.InferenceServerClient(s.address)
         expected = "This protocol is restricted, expecting header 'triton-grpc-protocol-shm-key'"
         for call in (lambda **h: c.get_system_shared_memory_status(**h),
