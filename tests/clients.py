@@ -128,3 +128,18 @@ def wait_for_pending(server, model: str, count: int, version: str = "1") -> None
     event to order a test by, instead of a sleep. The server must run with LIVE_METRICS."""
     wait_until(lambda: sample(scrape(server.metrics_url), "nv_inference_pending_request_count", model=model,
                               version=version) >= count, f"{count} request(s) of {model} pending")
+
+
+def random_tensor(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random values of a KServe ``datatype``: BYTES as UTF-8 tokens (one non-ASCII), BOOL, floats from a
+    normal, integers over their whole range."""
+    if datatype == "BYTES":
+        return np.array([f"tok-{i}-é".encode() for i in range(int(np.prod(shape)))], dtype=object).reshape(shape)
+    if datatype == "BOOL":
+        return rng.integers(0, 2, shape).astype(bool)
+    dtype = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
+             "INT8": np.int8, "UINT8": np.uint8}[datatype]
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from clients import random_tensor
 from models import DTYPE_MODELS
 from serving import start_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -21,16 +22,7 @@ RNG = np.random.default_rng(7)
 
 
 def _random(datatype: str, shape: tuple[int, ...]) -> np.ndarray:
-    if datatype == "BYTES":
-        return np.array([f"tok-{i}-é".encode() for i in range(int(np.prod(shape)))], dtype=object).reshape(shape)
-    if datatype == "BOOL":
-        return RNG.integers(0, 2, shape).astype(bool)
-    dtype = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
-             "INT8": np.int8, "UINT8": np.uint8}[datatype]
-    if np.issubdtype(dtype, np.floating):
-        return RNG.standard_normal(shape).astype(dtype)
-    info = np.iinfo(dtype)
-    return RNG.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    return random_tensor(datatype, shape, RNG)
 
 
 def _input(name: str, arr: np.ndarray, datatype: str) -> grpcclient.InferInput:
