@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -30,6 +31,8 @@ from tensorwire.server.scratch import ScratchPool
 from tensorwire.server.settings import ServerSettings
 from tensorwire.server.shared_memory import SharedMemoryRegistry
 
+# How long the transports keep reading after the last request was served, so its answer reaches the client.
+ANSWER_FLUSH_S = 0.5
 log = logging.getLogger("tensorwire.server")
 
 
@@ -121,19 +124,30 @@ class TensorwireServer:
         self.background.stop()
         self.plane.draining.set()
         started, finished = self.plane.in_flight.snapshot()
-        if self.http is not None:  # both drain at once: each gets the whole grace
-            stopping = threading.Thread(target=self.http.stop, args=(grace,), name="tensorwire-http-stop")
+        left = self._let_answers_out(grace)
+        if self.http is not None:  # both drain at once: each gets what is left of the grace
+            stopping = threading.Thread(target=self.http.stop, args=(left,), name="tensorwire-http-stop")
             stopping.start()
-            self.grpc.stop(grace)
+            self.grpc.stop(left)
             stopping.join()
         else:
-            self.grpc.stop(grace)
+            self.grpc.stop(left)
         still_started, still_finished = self.plane.in_flight.snapshot()
         cut = still_started - still_finished  # cancelled when the grace ran out
         self.repository.close()
         self.plane.close()
         self.background.close()
         return ShutdownReport(in_flight=started - finished, cut=cut, grace_s=grace)
+
+    def _let_answers_out(self, grace: float) -> float:
+        """Wait (within ``grace``) for the requests being served, then ANSWER_FLUSH_S more while the transports
+        still read, so that their answers reach the clients; what is left of the grace. A transport closed
+        while its client's frames are unread resets the connection, and the client loses an answer it was
+        still receiving."""
+        deadline = time.monotonic() + grace
+        if self.plane.in_flight.wait_idle(grace):
+            time.sleep(min(ANSWER_FLUSH_S, max(deadline - time.monotonic(), 0.0)))
+        return max(deadline - time.monotonic(), 0.0)
 
     def wait(self) -> None:
         self.grpc.wait()

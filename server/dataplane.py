@@ -59,7 +59,7 @@ class InFlight:
     """Inference requests being served, counted so that shutdown can say what its grace let finish."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.started = 0
         self.finished = 0
 
@@ -70,6 +70,13 @@ class InFlight:
     def __exit__(self, *exc) -> None:
         with self._lock:
             self.finished += 1
+            if self.finished == self.started:
+                self._lock.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Until no request is being served (True), or ``timeout_s`` passed (False)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.finished == self.started, timeout_s)
 
     def snapshot(self) -> tuple[int, int]:
         with self._lock:
