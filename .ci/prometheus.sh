@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Debian's Prometheus server, which tests/test_prometheus.py starts on loopback to scrape a running
+# Installs Debian's Prometheus server, which tests/server/test_prometheus.py starts on loopback to scrape a running
 # `tensorwire serve` and query it. Idempotent: does nothing (not even apt-get update) when it is present.
 # Called by .ci/run; runs as root (or through sudo where it is available).
 set -euo pipefail

@@ -42,7 +42,7 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 
 def _show_defaults(p: argparse.ArgumentParser) -> None:
     """Every option's help ends with its default, in the help text itself (what `--help` prints and what
-    tests/test_cli_help.py reads), not only through the formatter."""
+    tests/package/test_cli_help.py reads), not only through the formatter."""
     switches = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)
     for action in p._actions:
         if action.option_strings and action.help and not isinstance(action, switches) \

@@ -2,7 +2,7 @@
 
 It parses and builds messages with the protobuf classes of ``tensorwire.proto``; the extension in
 ``_wire.pyx`` walks the wire format by hand and must give identical results for every input
-(tests/test_fastpath_*.py hold them to that).
+(tests/fastpath/test_fastpath_*.py hold them to that).
 """
 
 from __future__ import annotations
