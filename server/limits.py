@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tensorwire.errors import InvalidArgument, ModelLoadError
 from tensorwire.proto.datatypes import BY_CONFIG_ENUM
-from tensorwire.server.affinity import usable_cpus
+from tensorwire.server.session import default_intra_op_threads
 from tensorwire.server.settings import ServerSettings
 
 MAX_NAME_LENGTH = 128
@@ -94,8 +94,8 @@ def check_load_threads(cfg, versions: int, s: ServerSettings) -> None:
     """The threads one load creates, versions x instances x (intra-op + inter-op threads per session), within
     ``--limit-load-threads``: each bound alone is sane, their product is not (64 instances x 256 threads)."""
     instances = sum(int(g.count) for g in cfg.instance_group)
-    intra = _thread_parameter(cfg, "intra_op_thread_count") or s.intra_op_threads or max(
-        1, (s.session_cpus or usable_cpus()) // instances)
+    intra = _thread_parameter(cfg, "intra_op_thread_count") or s.intra_op_threads or default_intra_op_threads(
+        s, instances)
     inter = _thread_parameter(cfg, "inter_op_thread_count") or s.inter_op_threads
     threads = versions * instances * (intra + inter)
     if threads > s.limit_load_threads:

@@ -13,9 +13,9 @@ every sample would pay an mmap write (docs/operations.md, "Metrics").
 
 The endpoint is plaintext HTTP without authentication: anyone who reaches it reads model names and
 traffic. It listens on ``--metrics-address`` (default: the gRPC ``--host``), served by
-:mod:`tensorwire.server.metrics_http`: one thread for every connection, bounded connections and timeouts,
-and a page built at most once per second however many ask (with ``--workers N`` that page is the
-parent's sum, so the workers are read at most once per second too).
+:mod:`tensorwire.server.metrics_http`: one thread for all connections, bounded connections and timeouts,
+and a page built at most once per ``--metrics-interval-ms`` however many ask (with ``--workers N`` that page
+is the parent's sum, so the workers are read no more often).
 """
 
 from __future__ import annotations
