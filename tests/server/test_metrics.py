@@ -95,3 +95,16 @@ def test_one_scrape_sees_every_worker(repo):
         assert sample(m, "nv_inference_request_success", model="add_sub", version="1") == sent
         workers = {dict(labels)["worker"] for name, labels in m if name == "process_resident_memory_bytes"}
         assert workers == {"0", "1"}
+
+
+def test_metrics_interval_sets_how_often_the_page_is_rebuilt(repo):
+    """--metrics-interval-ms 0 rebuilds the page on every scrape, so it shows the request just answered;
+    within a long interval a second scrape gets the page built for the first."""
+    v = {"model": "add_sub", "version": "1"}
+    for interval, counted in (("0", 1), ("600000", 0)):
+        with start_server(repo, "--metrics-interval-ms", interval) as s:
+            c = grpcclient.InferenceServerClient(s.address)
+            before = sample(scrape(s.metrics_url), "nv_inference_request_success", **v)
+            c.infer("add_sub", add_sub_inputs(1.0))
+            after = sample(scrape(s.metrics_url), "nv_inference_request_success", **v)
+            assert after == before + counted, (interval, before, after)

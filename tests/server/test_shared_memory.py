@@ -515,13 +515,14 @@ def test_workers_are_refused_with_shared_memory(repo):
 
 
 # -- the token rule (--shared-memory-require-token) -----------------------------------------------------
-def test_a_region_is_usable_only_with_its_registration_token(repo):
+def test_a_region_is_usable_only_with_its_registration_token(repo, frontend):
     """With the token rule, a region registered with one token is invisible to every call without it:
     status does not list it, a request naming it gets what an unknown region gets, unregister leaves it,
-    and a registration without a token is refused with the header's name."""
+    and a registration without a token is refused with the header's name; on both gRPC front ends and
+    over HTTP, where the same header carries the same token."""
     alpha, beta = {"tensorwire-shm-token": "alpha-secret"}, {"tensorwire-shm-token": "beta-secret"}
     a, b = _data()
-    with start_server(repo, "--allow-shared-memory", "--shared-memory-require-token") as s:
+    with start_server(repo, "--grpc-frontend", frontend, "--allow-shared-memory", "--shared-memory-require-token") as s:
         c = grpcclient.InferenceServerClient(s.address)
         c.handles = []
         try:
@@ -542,6 +543,7 @@ def test_a_region_is_usable_only_with_its_registration_token(repo):
                 c.unregister_system_shared_memory("in", headers=other)
                 c.unregister_system_shared_memory(headers=other)
             assert sorted(c.get_system_shared_memory_status(headers=alpha).regions) == ["in", "out"]
+            _token_rule_over_http(s.http_address, key_in, 2 * a.nbytes, alpha, beta)
             c.infer("add_sub", ins, outputs=outs, headers=alpha)
             got = shm.get_contents_as_numpy(h_out, np.float32, [2, 16])
             np.testing.assert_array_equal(got, a + b)
@@ -550,3 +552,23 @@ def test_a_region_is_usable_only_with_its_registration_token(repo):
         finally:
             for h in c.handles:
                 shm.destroy_shared_memory_region(h)
+
+
+def _token_rule_over_http(address: str, key: str, size: int, alpha: dict, beta: dict) -> None:
+    """The regions gRPC registered with ``alpha``, seen over HTTP: only with ``alpha``; a registration
+    without a token is refused naming the header."""
+    import tritonclient.http as httpclient
+
+    rest = httpclient.InferenceServerClient(address)
+    try:
+        with pytest.raises(InferenceServerException) as err:
+            rest.register_system_shared_memory("h", key, size)
+        assert "tensorwire-shm-token" in err.value.message()
+        assert sorted(r["name"] for r in rest.get_system_shared_memory_status(headers=alpha)) == ["in", "out"]
+        assert rest.get_system_shared_memory_status(headers=beta) == []
+        rest.unregister_system_shared_memory(headers=beta)  # leaves alpha's regions
+        rest.register_system_shared_memory("h", key, size, headers=beta)
+        assert [r["name"] for r in rest.get_system_shared_memory_status(headers=beta)] == ["h"]
+        rest.unregister_system_shared_memory("h", headers=beta)
+    finally:
+        rest.close()
