@@ -182,9 +182,9 @@ def test_a_costly_config_on_disk_is_refused_too(tmp_path):
 
 
 def _special_config_files(repo: Path) -> dict[str, str]:
-    """Models whose config.pbtxt is a FIFO, a link to /dev/zero, and 100,000 dims: {model: what its
-    reason must say}."""
-    for name in ("fifo", "zero", "dims"):
+    """Models whose config.pbtxt is a FIFO, a link to /dev/zero, 100,000 dims, and 2 MiB of comment:
+    {model: what its reason must say}."""
+    for name in ("fifo", "zero", "dims", "big"):
         write_model(repo, name, add_sub_model(), ADD_SUB_CONFIG)
         (repo / name / "config.pbtxt").unlink()
     os.mkfifo(repo / "fifo" / "config.pbtxt")
@@ -193,7 +193,9 @@ def _special_config_files(repo: Path) -> dict[str, str]:
         "dims: [ 16 ]", "dims: [ " + ", ".join(["1"] * 100_000) + " ]", 1)
     assert len(many) > 200_000
     (repo / "dims" / "config.pbtxt").write_text(many)
-    return {"fifo": "not a regular file", "zero": "not a regular file", "dims": "characters cut"}
+    (repo / "big" / "config.pbtxt").write_text("# " + "x" * (2 << 20) + "\nmax_batch_size: 8\n")
+    return {"fifo": "not a regular file", "zero": "not a regular file", "dims": "characters cut",
+            "big": "larger than the 1048576-byte bound of a config file"}
 
 
 def test_special_or_huge_config_files_are_refused_without_blocking(repo):
