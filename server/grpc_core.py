@@ -117,6 +117,7 @@ class Tally:
     def __init__(self) -> None:
         self._local = threading.local()
         self._cells: list[list[int]] = []
+        self._retired = [0, 0, 0, 0]  # the counts of threads that ended
         self._lock = threading.Lock()
 
     def add(self, index: int, n: int = 1) -> None:
@@ -130,7 +131,17 @@ class Tally:
 
     def total(self, index: int) -> int:
         with self._lock:
-            return sum(cell[index] for cell in self._cells)
+            return self._retired[index] + sum(cell[index] for cell in self._cells)
+
+    def retire_thread(self) -> None:
+        """Fold the calling thread's counts into the totals (a poller that ends), so cells do not pile up."""
+        cell = getattr(self._local, "cell", None)
+        if cell is None:
+            return
+        with self._lock:
+            self._cells.remove(cell)
+            self._retired = [a + b for a, b in zip(self._retired, cell)]
+        del self._local.cell
 
     def pending_batches(self) -> int:
         """Started less completed; the completed are read first, so a batch started meanwhile is never
@@ -155,6 +166,7 @@ class Pollers:
         self.working = 0  # pollers doing a request's work (at most ``limit``)
         self._parked: collections.deque[Callable[[], None]] = collections.deque()
         self._done = threading.Condition(self._lock)
+        self.on_exit: Callable[[], None] = lambda: None  # run by a poller thread as it ends
 
     def start(self) -> None:
         with self._lock:
@@ -165,7 +177,8 @@ class Pollers:
         threading.Thread(target=self._poll, name="tensorwire-poller", daemon=True).start()
 
     def _poll(self) -> None:
-        """Take events until the queue shuts down; end early when idle and another poller is free."""
+        """Take events until the queue shuts down; end early when idle and another poller is free (the
+        count drops in the same locked step that decides it, so ``work`` never sees a leaving poller)."""
         while True:
             event = self._queue.poll(time.time() + IDLE_EXIT_S)
             kind = event.completion_type
@@ -174,7 +187,8 @@ class Pollers:
             if kind == cygrpc.CompletionType.queue_timeout:
                 with self._lock:
                     if self.threads - self.working > 1:
-                        break
+                        self._leave()
+                        return
                 continue
             try:
                 self._dispatch(event)
@@ -182,8 +196,12 @@ class Pollers:
                 log.exception("internal error in the gRPC serving loop")
             event = None  # drop the call's references before waiting again
         with self._lock:
-            self.threads -= 1
-            self._done.notify_all()
+            self._leave()
+
+    def _leave(self) -> None:  # with the lock held
+        self.threads -= 1
+        self._done.notify_all()
+        self.on_exit()
 
     def work(self, job: Callable[[], None]) -> None:
         """Run ``job`` (a request's work) on this poller, another one polling meanwhile; park it when
@@ -385,9 +403,16 @@ class Watch(Rpc):
         self.batch((cygrpc.ReceiveMessageOperation(0),), self._on_message)
 
     def _on_message(self, event) -> None:
-        request = event.batch_operations[0].message() if event is not None else None
+        if event is None or not event.success:  # the call ended before its request came
+            if self.is_active():
+                self.finish(cygrpc.StatusCode.cancelled, "the call ended before its request arrived")
+            return
+        request = event.batch_operations[0].message()
+        if request is None:  # grpcio's answer to a Watch without its request
+            self.finish(cygrpc.StatusCode.unimplemented, f'"{self.method}" requires exactly one request message.')
+            return
         try:
-            self.service = health_pb2.HealthCheckRequest.FromString(request or b"").service
+            self.service = health_pb2.HealthCheckRequest.FromString(request).service
         except Exception as exc:
             self.fail(exc)
             return
@@ -415,11 +440,11 @@ class Watch(Rpc):
         self.batch(operations, self._on_sent)
 
     def _on_sent(self, event) -> None:
-        with self._lock:
-            self.sending = False
-        if event is None or not event.success:
+        if event is None or not event.success:  # still "sending": no push may start a batch meanwhile
             self.finish(cygrpc.StatusCode.cancelled, "the call ended while an answer was being sent")
             return
+        with self._lock:
+            self.sending = False
         self.push(self.loop.statuses)
 
 
@@ -495,6 +520,7 @@ class CoreFrontend:
         self._server.start()
         self.statuses = health_statuses(self.plane)
         self.pollers = Pollers(self._queue, self._dispatch, s.handler_thread_count)
+        self.pollers.on_exit = self.tally.retire_thread
         for _ in range(CALLS_REQUESTED):
             self._request_call()
         self.pollers.start()
@@ -545,13 +571,13 @@ class CoreFrontend:
             return
         self._request_call()
         method = event.call_details.method.decode()
+        rule = self._restrictions.get(method)  # before the lookup, as grpcio's interceptor: served or not
+        if rule is not None and not rule.allows(event.invocation_metadata):
+            self._reject(event, cygrpc.StatusCode.unavailable, refusal_details(rule.header))
+            return
         entry = self._methods.get(method)
         if entry is None:
             self._reject(event, cygrpc.StatusCode.unimplemented, "Method not found!")
-            return
-        rule = self._restrictions.get(method)
-        if rule is not None and not rule.allows(event.invocation_metadata):
-            self._reject(event, cygrpc.StatusCode.unavailable, refusal_details(rule.header))
             return
         admitted = method not in HEALTH_METHODS
         if admitted and not self.plane.admission.try_enter():
@@ -581,6 +607,9 @@ class CoreFrontend:
         with self._lock:
             closing = self._stopping
             self._watchers.add(rpc)
+        if not rpc.is_active():  # it ended (and unwatched) before it was added: it must not stay
+            self.unwatch(rpc)
+            return
         rpc.push(self.statuses, closing)
 
     def unwatch(self, rpc: Watch) -> None:

@@ -337,9 +337,9 @@ def test_bad_tls_files_stop_the_start_naming_the_file(repo, pki, tmp_path):
 
 
 # -- restricted protocols -----------------------------------------------------------------------------
-RESTRICTED = ("--grpc-restricted-protocol=inference,model-repository:admin-key=s3cret",
+RESTRICTED = ("--grpc-restricted-protocol=inference,model-repository,trace:admin-key=s3cret",
               "--grpc-restricted-protocol=health:probe-key=p",
-              "--http-restricted-api=inference,model-repository:admin-key=s3cret",
+              "--http-restricted-api=inference,model-repository,trace:admin-key=s3cret",
               "--http-restricted-api=health:probe-key=p")
 ADMIN = {"triton-grpc-protocol-admin-key": "s3cret"}
 PROBE = {"triton-grpc-protocol-probe-key": "p"}
@@ -367,6 +367,17 @@ def test_restricted_protocols_with_tritonclient_headers(repo, frontend):
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10, metadata=tuple(PROBE.items())).status == \
                 health_pb2.HealthCheckResponse.SERVING
+            # a Watch that sends no request (it half-closes at once) is answered as grpcio answers it
+            watch = channel.stream_stream("/grpc.health.v1.Health/Watch")(iter(()), timeout=10,
+                                                                           metadata=tuple(PROBE.items()))
+            with pytest.raises(grpc.RpcError) as err:
+                next(watch)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            # a restricted category's method this server does not serve is refused for the header first
+            trace = channel.unary_unary("/inference.GRPCInferenceService/TraceSetting")
+            with pytest.raises(grpc.RpcError) as err:
+                trace(b"", timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
         with InferenceClient(s.address, headers=ADMIN) as ours:
             assert ours.infer("add_sub", {"INPUT0": np.ones((1, 16), np.float32),
                                           "INPUT1": np.ones((1, 16), np.float32)})["OUTPUT0"][0, 0] == 2.0
