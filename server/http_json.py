@@ -102,8 +102,14 @@ def _parameters(value, where: str) -> dict:
 
 
 def _shape(value, where: str) -> tuple[int, ...]:
+    """The shape as given, checked before any arithmetic on it: at most MAX_DATA_DEPTH int64 dims (a JSON
+    integer may have thousands of digits, and a product of such costs seconds)."""
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
         raise InvalidArgument(f"{where}: 'shape' must be an array of integers")
+    if len(value) > MAX_DATA_DEPTH:
+        raise InvalidArgument(f"{where}: 'shape' has {len(value)} dimensions, more than {MAX_DATA_DEPTH}")
+    if any(not -(2**63) <= d < 2**63 for d in value):
+        raise InvalidArgument(f"{where}: 'shape' dimensions must be 64-bit integers")
     return tuple(value)
 
 

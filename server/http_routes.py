@@ -214,7 +214,7 @@ def _call(call: Call, request) -> Call:
     timeout_us = request.parameters.get("timeout")
     if timeout_us is None:
         return call
-    if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0:
+    if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or not 0 < timeout_us < 2**63:
         raise InvalidArgument(f"parameter 'timeout' must be a positive integer of microseconds, got {timeout_us!r}")
     return Call.of_http(call.is_active, timeout_us / 1e6, call.shm_token)
 

@@ -31,6 +31,8 @@ from tensorwire.server.http_routes import GZIP_MIN_BYTES, Reply, Request, error_
 from tensorwire.server.security import check_restricted_protocols
 from tensorwire.server.settings import ServerSettings
 
+# The slowest a request body may arrive on average, beyond --http-body-timeout: 64 MiB in a minute.
+MIN_BODY_RATE = 1 << 20
 log = logging.getLogger("tensorwire.http")
 # The HTTP server underneath: uvicorn (httptools, uvloop), the measured choice; "granian" runs the same
 # application on granian for the comparison in bench/http_servers.py (docs/design.md).
@@ -137,18 +139,21 @@ class HttpApp:
         JSON header of ``header_length`` bytes starts 64-byte aligned (binary inputs are then used in place)."""
         chunks: list[bytes] = []
         total = 0
-        buf = view = None
-        if size is not None:
-            pad = 64
-            buf = bytearray(size + pad)
-            start = (-(_address(buf) + (header_length or 0))) % 64
+        view = None
+        if size is not None:  # np.empty, not bytearray: pages cost memory only as the body fills them
+            buf = np.empty(size + 64, np.uint8)
+            start = (-(buf.ctypes.data + (header_length or 0))) % 64
             view = memoryview(buf)[start:start + size]
+        loop = asyncio.get_running_loop()
+        # A whole body, not only each part, has a deadline: a client trickling a byte per part would hold its
+        # buffer and its admission slot for ever.
+        deadline = loop.time() + self.body_timeout + (size or self.limit) / MIN_BODY_RATE
         while True:
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                message = await asyncio.wait_for(receive(), min(self.body_timeout, max(deadline - loop.time(), 0)))
             except asyncio.TimeoutError:
-                raise BodyTimeout(f"the request body stalled for {self.body_timeout:g} s "
-                                  "(--http-body-timeout)") from None
+                raise BodyTimeout(f"the request body stalled: {self.body_timeout:g} s without a part "
+                                  f"(--http-body-timeout), or slower than {MIN_BODY_RATE >> 10} KiB/s") from None
             if message["type"] == "http.disconnect":
                 raise Disconnected("client went away")
             part = message.get("body", b"")
@@ -168,10 +173,6 @@ class HttpApp:
         if view is not None:
             return view[:total]
         return memoryview(b"".join(chunks))
-
-
-def _address(buf: bytearray) -> int:
-    return np.frombuffer(buf, np.uint8).ctypes.data if len(buf) else 0
 
 
 def _int_header(value: bytes, name: str) -> int:

@@ -247,6 +247,9 @@ class SharedMemoryRegistry:
             raise InvalidArgument(f"shared memory region name {quoted(name)} must have 1 to "
                                   f"{MAX_REGION_NAME_LENGTH} characters")
         file_name = object_file_name(key)
+        if offset < 0:  # HTTP's JSON can say so; gRPC's uint64 cannot
+            raise InvalidArgument(f"failed to register shared memory region {quoted(name)}: invalid args "
+                                  f"(offset {offset} is negative)")
         if byte_size <= 0:
             raise InvalidArgument(
                 f"failed to register shared memory region {quoted(name)}: invalid args (byte_size is 0)")

@@ -138,6 +138,9 @@ def test_gzip_bomb_is_refused_at_the_decompressed_limit(hostile_server):
     (_infer_body([[1.0] * 15 + [[1.0]]]), 400, "nested more deeply"),
     (_infer_body(["1"] * 16), 400, "holds strings but the datatype is FP32"),
     (_infer_body([1] * 16, datatype="INT32"), 400, "datatype INT32 does not match the model"),
+    # dims of thousands of digits: refused before any product of them is computed (seconds each)
+    (_infer_body([1.0], shape=[int("9" * 4000)] * 30), 400, "must be 64-bit integers"),
+    (_infer_body([1.0], shape=[1] * 40), 400, "'shape' has 40 dimensions"),
 ])
 def test_malformed_requests_are_400_with_a_reason(hostile_server, body, status, words):
     reply = _request(hostile_server.http_port, "POST", "/v2/models/add_sub/infer", body)
@@ -151,7 +154,7 @@ def test_timeout_parameter_is_the_deadline(hostile_server):
     not computed, 504; a bad value is 400; a generous one changes nothing."""
     body = json.loads(_infer_body([1.0] * 16))
     port = hostile_server.http_port
-    for timeout, status in ((1, 504), (-5, 400), ("soon", 400), (60_000_000, 200)):
+    for timeout, status in ((1, 504), (-5, 400), ("soon", 400), (10**400, 400), (60_000_000, 200)):
         body["parameters"] = {"timeout": timeout}
         reply = _request(port, "POST", "/v2/models/add_sub/infer", json.dumps(body).encode())
         assert reply[0] == status, reply
@@ -388,3 +391,34 @@ def test_a_slow_model_stalls_no_other_http_client(tmp_path):
         second.join(WAIT_S * 2)
     assert fast_done < done["slow0"] and set(done) == {"slow0", "slow1"}
 
+
+def test_a_trickled_body_is_cut_by_its_whole_deadline(hostile_server):
+    """A part every half second keeps within --http-body-timeout (1 s here), but the whole body has a deadline
+    too (the timeout plus its size at 1 MiB/s): the connection is answered 408 or closed, not held."""
+    port = hostile_server.http_port
+    head = (b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+    with contextlib.closing(_connect(port)) as sock:
+        sock.sendall(head)
+        start = time.monotonic()
+        ended = False
+        while time.monotonic() - start < WAIT_S and not ended:
+            try:
+                sock.sendall(b"{")
+                sock.settimeout(0.5)
+                ended = sock.recv(65536) is not None  # an answer, or b"" when closed
+            except TimeoutError:
+                continue
+            except OSError:
+                ended = True
+        assert ended, "the trickled body was still held after the safety bound"
+    _healthy(port)
+
+
+def test_shared_memory_offset_below_zero_is_400(test_repository):
+    """HTTP's JSON can carry a negative offset (gRPC's uint64 cannot): refused with the reason, no descriptor
+    kept open (the registry checks it before it opens the object)."""
+    with start_server(test_repository, "--allow-shared-memory") as s:
+        body = json.dumps({"key": "/tw_http_negative", "offset": -4096, "byte_size": 8192}).encode()
+        reply = _request(s.http_port, "POST", "/v2/systemsharedmemory/region/neg/register", body)
+        assert reply[0] == 400 and "offset -4096 is negative" in _error(reply), reply
+        _healthy(s.http_port)
