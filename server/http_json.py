@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from google.protobuf import json_format
 
-from tensorwire.errors import InvalidArgument, ResourceExhausted
+from tensorwire.errors import InvalidArgument, TooLarge
 from tensorwire.proto.datatypes import Datatype
 from tensorwire.proto.messages import InferRequest, InferResponse, InputTensor, RequestedOutput
 from tensorwire.proto.tensors import datatype, format_shape, raw_from_array
@@ -125,7 +125,7 @@ def parse_infer_request(body: memoryview, header_length: int | None, limits: Req
     if header_length > limits.max_typed_contents_bytes:
         # json.loads makes ~8 bytes of Python objects per byte of numbers: the JSON part is bounded before it is
         # parsed, by the same flag that bounds what typed contents decode to (large tensors travel as binary).
-        raise ResourceExhausted(
+        raise TooLarge(
             f"the JSON part of the request is {header_length} bytes, above this server's bound of "
             f"{limits.max_typed_contents_bytes} (--max-typed-contents-mb); send tensor data as binary data "
             "(binary_data_size)")
@@ -229,7 +229,7 @@ def json_input_bytes(data, dt: Datatype, shape: tuple[int, ...], where: str, lim
     flat = _flatten(data, shape, where)  # the count checked against the shape first: a list walk, no copy
     count = len(flat)
     if count * dt.itemsize > limits.max_typed_contents_bytes:
-        raise ResourceExhausted(
+        raise TooLarge(
             f"{where}: JSON 'data' of {count} elements converts to {count * dt.itemsize} bytes, above this "
             f"server's bound of {limits.max_typed_contents_bytes} (--max-typed-contents-mb); send it as binary data")
     try:

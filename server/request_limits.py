@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from tensorwire.errors import ResourceExhausted
+from tensorwire.errors import TooLarge
 from tensorwire.proto.datatypes import CONTENTS_FIELD_DTYPES, Datatype
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ DEFAULT_LIMITS = RequestLimits()
 def check_bytes_elements(count: int, where: str, limits: RequestLimits) -> None:
     """RESOURCE_EXHAUSTED for more BYTES elements than the server takes, before any is split or decoded."""
     if count > limits.max_bytes_elements:
-        raise ResourceExhausted(
+        raise TooLarge(
             f"{where}: {count} BYTES elements, above this server's bound of {limits.max_bytes_elements} "
             "(--max-bytes-elements); send fewer strings per request")
 
@@ -65,7 +65,7 @@ def check_typed_contents_total(where: str, dt: Datatype, count: int, size: int, 
     """RESOURCE_EXHAUSTED once a request's decoded typed contents (``total`` so far, this input's ``size``
     included) pass the bound."""
     if total > limits.max_typed_contents_bytes:
-        raise ResourceExhausted(
+        raise TooLarge(
             f"{where}: {dt.contents_field} of {count} elements decodes to {size} bytes, {total} for the "
             f"request's typed contents so far, above this server's bound of {limits.max_typed_contents_bytes} "
             "(--max-typed-contents-mb); send it in raw_input_contents")
@@ -75,7 +75,7 @@ def check_shared_memory_budget(where: str, byte_size: int, budget: list[int], li
     """Take ``byte_size`` from what a request's shared-memory inputs may still make the server hold (``budget``,
     a one-item list the request carries): they stand for bytes that would otherwise have come in it."""
     if byte_size > budget[0]:
-        raise ResourceExhausted(
+        raise TooLarge(
             f"{where}: {byte_size} bytes from shared memory would take this request past this server's bound "
             f"of {limits.max_response_bytes} bytes per request (--max-message-mb)")
     budget[0] -= byte_size
@@ -125,7 +125,7 @@ class ResponseBound:
             total += size
             parts.append(f"'{name}' {size}")
         if total > self.limit:
-            raise ResourceExhausted(
+            raise TooLarge(
                 f"the response would hold at least {total} bytes ({', '.join(parts)}), above this server's largest "
                 f"message of {self.limit} bytes (--max-message-mb); ask for fewer outputs or a smaller batch")
 

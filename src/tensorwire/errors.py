@@ -57,6 +57,13 @@ class ResourceExhausted(RequestError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class TooLarge(ResourceExhausted):
+    """A request (or its answer) is larger than a size bound of the server: RESOURCE_EXHAUSTED on gRPC as
+    in Triton, 413 on HTTP (a size is no reason to retry, which HTTP clients do on 429)."""
+
+    http_status = 413
+
+
 class DeadlineExceeded(RequestError):
     """The client's deadline passed before the answer was ready."""
 
