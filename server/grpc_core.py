@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2
 
 from tensorwire.errors import NotFound, RequestError
 from tensorwire.server.call import Call
-from tensorwire.server.dataplane import ADMISSION_REFUSED, DataPlane
+from tensorwire.server.dataplane import ADMISSION_REFUSED, Admission, DataPlane
 from tensorwire.server.grpc_methods import (
     HEALTH_METHODS,
     HEALTH_SERVICE,
@@ -273,6 +273,8 @@ class Rpc:
                 callback()
             except Exception:
                 log.exception("internal error in a call-end callback")
+        if self.method in HEALTH_METHODS:  # its own bound: held until the call ends, whatever ended it
+            self.loop.health_admission.leave()
         self.loop.call_closed()
 
     def on_end(self, callback: Callable[[], None]) -> bool:
@@ -473,6 +475,8 @@ class CoreFrontend:
         self._lock = threading.Lock()
         self._stopping = False
         self.tally = Tally()  # batches (request_call included) and calls, started and completed
+        # Health calls (Check, Watch): counted apart from --max-concurrent-rpcs, bounded as generously.
+        self.health_admission = Admission(plane.settings.max_concurrent_rpcs)
         self._watchers: set[Watch] = set()
         self._shutdown = threading.Event()
         self._stopped = threading.Event()
@@ -580,7 +584,8 @@ class CoreFrontend:
             self._reject(event, cygrpc.StatusCode.unimplemented, "Method not found!")
             return
         admitted = method not in HEALTH_METHODS
-        if admitted and not self.plane.admission.try_enter():
+        # health calls have a bound of their own, so that --max-concurrent-rpcs never refuses a probe
+        if not (self.plane.admission if admitted else self.health_admission).try_enter():
             self._reject(event, cygrpc.StatusCode.resource_exhausted, ADMISSION_REFUSED)
             return
         kind, answer_of = entry

@@ -80,3 +80,34 @@ def test_a_health_watch_sees_not_serving_and_ends_instead_of_holding_the_drain(t
         assert s.process.wait(timeout=120) == 0
     assert seen == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
     assert "stopped cleanly" in s.log().strip().splitlines()[-1]
+
+
+def test_health_calls_have_a_bound_of_their_own(tmp_path):
+    """On the core loop health calls are exempt from --max-concurrent-rpcs but bounded apart, as generously:
+    with 4 Watch streams held (bound 4), a fifth health call is RESOURCE_EXHAUSTED while inference still runs;
+    once the streams end, health answers again (a Watch never outlives its call's count)."""
+    from clients import wait_until
+
+    repo = write_model(tmp_path / "models", "add_sub", add_sub_model(), ADD_SUB_CONFIG).parent
+    with (start_server(repo, "--grpc-frontend", "core", "--max-concurrent-rpcs", "4") as s,
+          grpc.insecure_channel(s.address) as channel):
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=120) for _ in range(4)]
+        assert [next(w).status for w in watches] == [health_pb2.HealthCheckResponse.SERVING] * 4
+        try:
+            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+            raise AssertionError("a fifth health call was admitted past the bound")
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        metadata = channel.unary_unary("/inference.GRPCInferenceService/ServerMetadata")
+        assert metadata(b"", timeout=30)  # not a health call: its own admission still has room
+        for w in watches:
+            w.cancel()
+
+        def answers() -> bool:
+            try:
+                return health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == 1
+            except grpc.RpcError:
+                return False
+
+        wait_until(answers, "health answers once the Watch streams ended")
