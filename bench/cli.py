@@ -1,5 +1,5 @@
 """`tensorwire bench compare | load | overhead | batching | resilience | memory | cpu | http-servers | triton-perf
-| report`.
+| peers | report`.
 
 Every subcommand is built the same way: its module declares its flags (``add_arguments(parser)``) and
 turns them into a run (``run(args) -> exit code``); this table only names the modules. Modules keep
@@ -25,6 +25,7 @@ COMMANDS = {
     "http-servers": ("tensorwire.bench.http_servers",
                      "the HTTP server under the same handlers: uvicorn vs granian, beside gRPC"),
     "triton-perf": ("tensorwire.bench.triton_perf", "perf_analyzer: plain gRPC vs system shared memory vs streaming"),
+    "peers": ("tensorwire.bench.peers", "perf_analyzer against Triton 2.51 and a 60-line grpcio server, same ORT"),
     "report": ("tensorwire.bench.report", "re-draw the markdown and plots of a saved result JSON"),
 }
 

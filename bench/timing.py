@@ -55,16 +55,16 @@ def measure(fn: Callable[[], object], s: LoopSettings) -> list[float]:
     return lat
 
 
-def cpu_session(model: Path | bytes, intra_op_threads: int = 0, inter_op_threads: int = 0):
+def cpu_session(model: Path | bytes, intra_op_threads: int = 0, inter_op_threads: int = 0, spinning: bool = False):
     """An ONNX Runtime CPU session with the given thread counts (0: ORT's choice), for in-process figures
-    next to a served model (pass the intra-op count the server reports, so both run alike). Intra-op
-    spinning is off, as in the server by default (--intra-op-spinning): with it on, the in-process run
-    would be faster and burn more CPU than the served one."""
+    next to a served model (pass the intra-op count the server reports, so both run alike) and for the
+    bench's peer servers. Intra-op spinning is off unless asked, as in the server by default
+    (--intra-op-spinning): with it on, a run is faster and burns more CPU."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = inter_op_threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

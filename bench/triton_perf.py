@@ -116,10 +116,10 @@ def parse_csv(text: str) -> dict[str, float]:
 
 
 def run_case(pa: Path, address: str, case: Case, workdir: Path, interval_ms: int, max_trials: int,
-             timeout_s: float, stability: int = 100) -> dict[str, Any]:
-    """One perf_analyzer run; its figures, or the error it printed."""
+             timeout_s: float, stability: int = 100, prefix: list[str] = ()) -> dict[str, Any]:
+    """One perf_analyzer run (after ``prefix``, e.g. ``taskset -c 1``); its figures, or the error it printed."""
     csv_path = workdir / f"{case.name}-{time.monotonic_ns()}.csv"
-    cmd = command(pa, address, case, csv_path, interval_ms, max_trials, stability)
+    cmd = [*prefix, *command(pa, address, case, csv_path, interval_ms, max_trials, stability)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -403,15 +403,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="1 round, 500 ms windows, 3 trials (a smoke run)")
 
 
+def perf_analyzer_version(pa: Path) -> tuple[str, str | None]:
+    """(the version line ``pa --version`` prints, why it cannot run or None)."""
+    try:
+        done = subprocess.run([str(pa), "--version"], capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        return "", f"cannot run {pa}: {exc} (bash bench/perf_analyzer_env.sh builds it)"
+    text = (done.stdout + done.stderr).strip()
+    return (text.splitlines()[-1] if text else ""), None
+
+
 def run(args: argparse.Namespace) -> int:
     """``tensorwire bench triton-perf``: 0 when every case ran, 1 if some failed, 2 when it could not start."""
     pa = args.perf_analyzer
-    try:
-        done = subprocess.run([str(pa), "--version"], capture_output=True, text=True, timeout=60)
-        version = (done.stdout + done.stderr).strip().splitlines()[-1] if (done.stdout + done.stderr).strip() else ""
-    except OSError as exc:
-        print(f"tensorwire bench triton-perf: cannot run {pa}: {exc} (bash bench/perf_analyzer_env.sh builds it)",
-              file=sys.stderr)
+    version, problem = perf_analyzer_version(pa)
+    if problem is not None:
+        print(f"tensorwire bench triton-perf: {problem}", file=sys.stderr)
         return 2
     plan = Plan(pa, rounds=args.rounds, interval_ms=args.interval_ms, max_trials=args.max_trials,
                 stability=args.stability, server_args=tuple(args.server_arg), cases=tuple(args.cases))

@@ -261,9 +261,10 @@ class ServerSettings:
     inter_op_threads: int = setting(0, help="ORT inter-op threads per session (0: ONNX Runtime's choice)")
     intra_op_spinning: bool = setting(
         False, optional_bool=True,
-        help="ORT's intra-op pool threads spin-wait between runs instead of sleeping; off by default: a spinning "
-        "thread holds a core that gRPC needs, measured to cost CPU per request and latency alike on 2 cores "
-        "(bench/results/cpu); a model's allow_spinning parameter overrides it")
+        help="ORT's intra-op pool threads spin-wait between runs instead of sleeping: a shorter p50 at low "
+        "concurrency, paid in CPU per request (more so when idle between requests). Off by default, the one "
+        "setting measured to lose to no peer at either point (docs/serving.md); a model's allow_spinning "
+        "parameter overrides it")
     trt_cache_dir: Path = setting(
         factory=_trt_cache_default, parse=Path, metavar="DIR", shown="TENSORWIRE_TRT_CACHE or ~/.cache/tensorwire/trt",
         help="where TensorRT keeps its engine cache")

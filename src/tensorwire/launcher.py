@@ -76,19 +76,21 @@ def _wait_live(address: str, proc: subprocess.Popen, log_path: Path, deadline: f
 @contextlib.contextmanager
 def launch(args: Sequence[str], *, workdir: Path | None = None, env: dict | None = None,
            check_exit: bool = True, stop_timeout_s: float = 30.0, tls: TLS | None = None,
-           headers: dict | None = None, python: str | Path | None = None) -> Iterator[ServerProcess]:
+           headers: dict | None = None, python: str | Path | None = None,
+           prefix: Sequence[str] = ()) -> Iterator[ServerProcess]:
     """Run ``python <args> --port-file F`` (a server on port 0), wait until it is live, SIGTERM it on exit.
 
     Its port file and log go to ``workdir`` if given (kept), else to a temporary directory removed on exit;
     ``ServerProcess.log()`` still answers after that. ``tls`` and ``headers`` are what a client needs to
     reach a server started with TLS or restricted protocols; ``python`` runs another environment's
-    interpreter (the packaging test serves from a freshly installed wheel that way).
+    interpreter (the packaging test serves from a freshly installed wheel that way); ``prefix`` comes before
+    the interpreter (``taskset -c 0`` pins a bench peer).
     """
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tensorwire-"))
-        yield from _launch([str(python or sys.executable), *args], Path(workdir), env, check_exit, stop_timeout_s, tls,
-                           headers)
+        yield from _launch([*prefix, str(python or sys.executable), *args], Path(workdir), env, check_exit,
+                           stop_timeout_s, tls, headers)
 
 
 def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit: bool,
