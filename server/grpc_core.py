@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from queue import Empty, SimpleQueue
 
 import grpc
 from grpc._cython import cygrpc
@@ -44,12 +45,12 @@ from tensorwire.server.grpc_methods import (
     MODEL_STREAM_INFER,
     SERVICE_PREFIX,
     UNARY,
-    answer_infer,
     answer_stream_request,
     answer_unary,
     draining_stream_answer,
     health_statuses,
     internal_message,
+    submit_infer,
 )
 from tensorwire.server.grpc_options import channel_options, listen
 from tensorwire.server.grpc_reflect import reflection_methods
@@ -165,6 +166,11 @@ class Pollers:
         self.threads = 0
         self.working = 0  # pollers doing a request's work (at most ``limit``)
         self._parked: collections.deque[Callable[[], None]] = collections.deque()
+        # Requests handed an instance while they waited parked at a model (Call.park): run before new work.
+        self._resumed: collections.deque[Callable[[], None]] = collections.deque()
+        self._handoff: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._idle_resumers = 0  # resume threads waiting for a job, not yet promised one
+        self._local = threading.local()  # .in_job: this thread is a poller working on a request
         self._done = threading.Condition(self._lock)
         self.on_exit: Callable[[], None] = lambda: None  # run by a poller thread as it ends
 
@@ -213,25 +219,68 @@ class Pollers:
             self.working += 1
             if self.threads - self.working < 1:
                 self._spawn()
-        while job is not None:
-            try:
-                job()
-            except Exception:
-                log.exception("internal error in the gRPC serving loop")
+        self._local.in_job = True
+        try:
+            while job is not None:
+                _run_job(job)
+                with self._lock:
+                    job = self._resumed.popleft() if self._resumed else self._parked.popleft() if self._parked else None
+                    if job is None:
+                        self.working -= 1
+                        self._done.notify_all()
+        finally:
+            self._local.in_job = False
+
+    def resume(self, job: Callable[[], None]) -> None:
+        """Run ``job``, a request that waited parked at a model and now holds an instance (``Call.park``): on
+        this poller right after its current request, when a poller freed the instance; else (an HTTP thread,
+        say) on a resume thread, since a poller waiting for events cannot be woken for it."""
+        with self._lock:
+            if getattr(self._local, "in_job", False):
+                self._resumed.append(job)
+                return
+            self.working += 1  # counted until it ran: the stop waits for it
+            promised = self._idle_resumers > 0
+            if promised:
+                self._idle_resumers -= 1
+        if promised:
+            self._handoff.put(job)
+        else:
+            threading.Thread(target=self._resumer, args=(job,), name="tensorwire-resume", daemon=True).start()
+
+    def _resumer(self, job: Callable[[], None]) -> None:
+        """Run handed-over jobs; end after ``IDLE_EXIT_S`` without one (unless one was promised meanwhile)."""
+        while True:
+            _run_job(job)
             with self._lock:
-                job = self._parked.popleft() if self._parked else None
-                if job is None:
-                    self.working -= 1
-                    self._done.notify_all()
+                self.working -= 1
+                self._done.notify_all()
+                self._idle_resumers += 1
+            try:
+                job = self._handoff.get(timeout=IDLE_EXIT_S)
+            except Empty:
+                with self._lock:
+                    if self._idle_resumers > 0:  # nobody counted on this thread: it may end
+                        self._idle_resumers -= 1
+                        return
+                job = self._handoff.get()  # a job was promised to an idle resumer: take it
 
     def idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until no job runs or waits; whether that happened."""
         with self._done:
-            return self._done.wait_for(lambda: self.working == 0 and not self._parked, timeout)
+            return self._done.wait_for(lambda: self.working == 0 and not self._parked and not self._resumed,
+                                       timeout)
 
     def join(self, timeout: float) -> None:
         with self._done:
             self._done.wait_for(lambda: self.threads == 0, timeout)
+
+
+def _run_job(job: Callable[[], None]) -> None:
+    try:
+        job()
+    except Exception:  # a poller never dies of one call
+        log.exception("internal error in the gRPC serving loop")
 
 
 class Rpc:
@@ -296,7 +345,7 @@ class Rpc:
     def caller(self) -> Call:
         header = self.loop.plane.token_header  # the shared-memory token, read only where it is required
         token = None if header is None else next((v for k, v in self.metadata if k == header), None)
-        return Call.of_core(self.deadline, self.is_active, self.on_end, token)
+        return Call.of_core(self.deadline, self.is_active, self.on_end, token, self.loop.pollers.resume)
 
     def with_initial(self, operations: tuple) -> tuple:
         """``operations`` preceded by the initial metadata the first time the call sends anything."""
@@ -345,6 +394,26 @@ class Unary(Rpc):
             answer = self.answer(request, self)
         except Exception as exc:
             self.fail(exc)
+        else:
+            self.finish(message=answer)
+
+
+class Infer(Unary):
+    """ModelInfer: a request that finds every instance of its model busy waits parked, holding no poller;
+    the instance that frees next is handed to it and it runs on that instance's poller (``Pollers.resume``).
+    """
+
+    __slots__ = ()
+
+    def _respond(self, request: bytes) -> None:
+        try:
+            submit_infer(self.loop.plane, request, self.caller(), self._reply)
+        except Exception as exc:  # refused before it reached the model
+            self.fail(exc)
+
+    def _reply(self, answer: bytes | None, error: BaseException | None) -> None:
+        if error is not None:
+            self.fail(error)
         else:
             self.finish(message=answer)
 
@@ -492,15 +561,12 @@ class CoreFrontend:
                 return answer_unary(plane, name, request, rpc.caller())
             methods[SERVICE_PREFIX + name] = (Unary, lambda _rpc, f=unary: f)
 
-        def infer(request: bytes, rpc: Rpc) -> bytes:
-            return answer_infer(plane, request, rpc.caller())
-
         def stream_infer(request: bytes, rpc: Rpc) -> tuple[bytes, bool]:
             if plane.draining.is_set():
                 return draining_stream_answer(plane), True
             return answer_stream_request(plane, request, rpc.caller()), False
 
-        methods[MODEL_INFER] = (Unary, lambda _rpc: infer)
+        methods[MODEL_INFER] = (Infer, lambda _rpc: None)
         methods[MODEL_STREAM_INFER] = (Stream, lambda _rpc: stream_infer)
         methods[HEALTH_CHECK] = (Unary, lambda _rpc: self._health_check)
         methods[HEALTH_WATCH] = (Watch, lambda _rpc: None)
