@@ -56,7 +56,7 @@ def status_line(status: int) -> bytes:
 class Limits:
     """A connection's bounds, from the server's settings."""
 
-    __slots__ = ("max_head_bytes", "max_headers", "header_timeout", "body_timeout", "keepalive_timeout")
+    __slots__ = ("max_head_bytes", "max_headers", "header_timeout", "body_timeout", "keepalive_timeout", "tick")
 
     def __init__(self, max_head_bytes: int, max_headers: int, header_timeout: float, body_timeout: float,
                  keepalive_timeout: float) -> None:
@@ -65,6 +65,7 @@ class Limits:
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.tick = min(header_timeout, body_timeout, keepalive_timeout)  # the farthest a timer is due ahead
 
 
 class HttpConnection(asyncio.Protocol):
@@ -94,20 +95,22 @@ class HttpConnection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_kind = ""  # "head", "body", "idle" or "" (none armed)
+        self._timer_kind = ""  # what the deadline is for: "head", "body", "idle", or "" for none
+        self._deadline = 0.0
         self._body_last = 0.0
-        self._body_deadline = 0.0
 
     # -- connection ----------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
         self.connections.add(self)
-        self._arm("head", self.limits.header_timeout, self._head_timed_out)
+        self._arm("head", self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.connections.discard(self)
-        self._disarm()
+        self._timer_kind = ""
+        if self._timer is not None:
+            self._timer.cancel()
         for ex in (self._partial, *self._queue):
             if ex is not None:
                 self.app.dropped(ex)
@@ -121,16 +124,36 @@ class HttpConnection(asyncio.Protocol):
         self._write_paused = False
         self._next()
 
-    def _arm(self, kind: str, delay: float, callback) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(delay, callback)
+    # -- deadlines: one timer per connection, due at most one tick ahead, so that a request only moves a
+    # deadline (a new one is never earlier than the timer) and creates no timer of its own
+    def _arm(self, kind: str, delay: float) -> None:
         self._timer_kind = kind
+        self._deadline = self.loop.time() + delay
+        if self._timer is None:
+            self._timer = self.loop.call_later(min(delay, self.limits.tick), self._on_timer)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_kind = ""
+        self._timer_kind = ""
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        kind = self._timer_kind
+        if not kind or self.closed:
+            return
+        now = self.loop.time()
+        deadline = self._deadline
+        if kind == "body":  # a body has a deadline per part and one for the whole
+            deadline = min(self._body_last + self.limits.body_timeout, self._deadline)
+        if now < deadline:
+            self._timer = self.loop.call_later(min(deadline - now, self.limits.tick), self._on_timer)
+            return
+        self._timer_kind = ""
+        if kind == "head":
+            self._head_timed_out()
+        elif kind == "body":
+            self._body_timed_out()
+        else:
+            self.transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer and close at once: the connection is beyond use (a bad head, a timeout)."""
@@ -140,13 +163,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport.close()
 
     def _head_timed_out(self) -> None:
-        self._timer, self._timer_kind = None, ""
         if not self.transport.is_closing():
             self._refuse(408, "the request head did not arrive in time (--http-header-timeout)")
-
-    def _idle_timed_out(self) -> None:
-        self._timer, self._timer_kind = None, ""
-        self.transport.close()
 
     def _head_message(self) -> str:
         return (f"the request head is larger than {self.limits.max_head_bytes} bytes or {self.limits.max_headers} "
@@ -184,7 +202,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers = []
         self._head_size = 0
         if self._timer_kind != "head":  # a new connection's head timer runs from its opening
-            self._arm("head", self.limits.header_timeout, self._head_timed_out)
+            self._arm("head", self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -215,7 +233,6 @@ class HttpConnection(asyncio.Protocol):
             path = urllib.parse.unquote(path)
         keep_alive = parser.should_keep_alive() and not self.draining
         ex = Exchange(parser.get_method().decode("ascii", "replace"), path, self._headers, keep_alive)
-        ex.expect = any(k == b"expect" and v.lower() == b"100-continue" for k, v in self._headers)
         self._partial = ex
         self.app.head(ex)
         if ex.answer is not None and not ex.keep_alive and self._current is None and not self._queue:
@@ -225,10 +242,8 @@ class HttpConnection(asyncio.Protocol):
         if ex.body is not None and ex.expect and self._current is None and not self._queue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if ex.body is not None:
-            now = self.loop.time()
-            self._body_last = now
-            self._body_deadline = now + self.limits.body_timeout + ex.body.expected / MIN_BODY_RATE
-            self._arm("body", self.limits.body_timeout, self._body_check)
+            self._arm("body", self.limits.body_timeout + ex.body.expected / MIN_BODY_RATE)
+            self._body_last = self.loop.time()
 
     def on_body(self, data: bytes) -> None:
         ex = self._partial
@@ -249,16 +264,9 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._read_pause()
 
-    def _body_check(self) -> None:
-        """Fires at most every --http-body-timeout while a body arrives; re-armed while it keeps coming."""
-        self._timer, self._timer_kind = None, ""
+    def _body_timed_out(self) -> None:
         ex = self._partial
         if ex is None or ex.body is None or self.transport.is_closing():
-            return
-        now = self.loop.time()
-        wake = min(self._body_last + self.limits.body_timeout, self._body_deadline)
-        if now < wake:
-            self._arm("body", wake - now, self._body_check)
             return
         self._partial = None
         self.app.dropped(ex)
@@ -294,7 +302,7 @@ class HttpConnection(asyncio.Protocol):
                 self._read_paused = False
                 self.transport.resume_reading()
             if self._partial is None and not self._timer_kind:
-                self._arm("idle", self.limits.keepalive_timeout, self._idle_timed_out)
+                self._arm("idle", self.limits.keepalive_timeout)
             return
         ex = self._current = self._queue.popleft()
         if ex.answer is not None:

@@ -240,14 +240,31 @@ class MethodNotAllowed(InvalidArgument):
     http_status = 405
 
 
+# Paths seen before and where they led: a client repeats its few paths, and the table is walked once for each.
+_ROUTED: dict[str, tuple[Endpoint, dict]] = {}
+ROUTE_CACHE_SIZE = 4096
+
+
 def route(method: str, path: str) -> tuple[Endpoint, dict]:
-    """The endpoint for ``method path`` and the path's arguments (m: model, v: version, r: region)."""
+    """The endpoint for ``method path`` and the path's arguments (m: model, v: version, r: region); the
+    arguments are shared between calls with the same path and must not be changed."""
+    found = _ROUTED.get(path)
+    if found is None:
+        found = _route(path)
+        if len(_ROUTED) >= ROUTE_CACHE_SIZE:
+            _ROUTED.clear()
+        _ROUTED[path] = found
+    endpoint = found[0]
+    if method != endpoint.method and not (method == "HEAD" and endpoint.method == "GET"):
+        raise MethodNotAllowed(f"{method} is not allowed on {path.rstrip('/') or '/'}; use {endpoint.method}")
+    return found
+
+
+def _route(path: str) -> tuple[Endpoint, dict]:
     path = path.rstrip("/") or "/"
     for pattern, endpoint in ROUTES:
         match = pattern.match(path)
         if match is None:
             continue
-        if method != endpoint.method and not (method == "HEAD" and endpoint.method == "GET"):
-            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {endpoint.method}")
         return endpoint, {k: v or "" for k, v in match.groupdict().items()}
     raise NotFound(f"no endpoint at {path}")

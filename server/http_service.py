@@ -57,7 +57,7 @@ class Body:
         self.view = None
         if size is not None:  # np.empty, not bytearray: pages cost memory only as the body fills them
             buf = np.empty(size + 64, np.uint8)
-            start = (-(buf.ctypes.data + (header_length or 0))) % 64
+            start = (-(buf.__array_interface__["data"][0] + (header_length or 0))) % 64
             self.view = memoryview(buf)[start:start + size]
 
     def add(self, part: bytes) -> None:
@@ -142,6 +142,8 @@ class HttpApp:
                 size = _int_header(value, "Content-Length")
             elif name == b"inference-header-content-length":
                 hlen = _int_header(value, "Inference-Header-Content-Length")
+            elif name == b"expect":
+                ex.expect = value.lower() == b"100-continue"
         if size is not None and size > self.limit:
             raise BodyTooLarge(f"request body of {size} bytes is larger than this server's limit of {self.limit} "
                                "bytes (--max-message-mb)")
