@@ -237,7 +237,7 @@ class HttpConnection(asyncio.Protocol):
         self.app.head(ex)
         if ex.answer is not None and not ex.keep_alive and self._current is None and not self._queue:
             self._partial = None  # refused before its body (413): answered now, the body is not read
-            self._write(ex.answer, False)
+            self._write(ex.answer, True)
             return
         if ex.body is not None and ex.expect and self._current is None and not self._queue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -1,12 +1,14 @@
 """The KServe v2 HTTP/REST front end (Triton's paths, JSON and binary tensor data) over the data plane.
 
-An ASGI application served by uvicorn with httptools (the measured choice: docs/design.md,
-bench/results/http/). The event loop only parses HTTP, reads bodies within their bounds and writes answers:
-everything that costs CPU (JSON, the model, encoding) runs on a pool of ``--http-thread-count`` threads, so
-a slow model never stalls another client. Every operation is the data plane's, as for gRPC: admission
-(``--max-concurrent-rpcs``, health exempt), draining, statistics and limits are the same objects.
-Routes, bodies and errors are ``http_routes.py``'s and ``http_json.py``'s; the connection bounds (header
-size and count, header and body timeouts) are ``http_protocol.py``'s.
+Our own asyncio protocol (``http_protocol.py``: httptools' llhttp parser on a uvloop event loop, the measured
+choice: docs/design.md, bench/results/http/) parses requests and writes answers; this module decides what a
+request's head asks for (route, restriction, admission, the body's bound), and runs the rest on a pool of
+``--http-thread-count`` threads: decompression, JSON, the model and encoding, so a slow model never stalls
+another client. A request crosses threads twice, each time with the least machinery: a ``SimpleQueue`` put to
+the pool, one ``call_soon_threadsafe`` back with the encoded answer, which the loop writes in one call. Every
+operation is the data plane's, as for gRPC: admission (``--max-concurrent-rpcs``, health exempt), draining,
+statistics and limits are the same objects. Routes, bodies and errors are ``http_routes.py``'s and
+``http_json.py``'s.
 """
 
 from __future__ import annotations
