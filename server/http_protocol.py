@@ -190,6 +190,8 @@ class HttpConnection(asyncio.Protocol):
                     ex.keep_alive = False
             self.parser = httptools.HttpRequestParser(self)
             self._read_pause()
+            if self._current is None and not self._queue:  # already answered: nothing more to say
+                self.transport.close()
         except (httptools.HttpParserError, _HeadTooLarge):  # httptools wraps what a callback raises
             if self._head_too_large:
                 self._refuse(431, self._head_message())
