@@ -70,8 +70,9 @@ class Limits:
 
 class HttpConnection(asyncio.Protocol):
     """Parses requests, holds them to their bounds, hands each complete one to the application in order and
-    writes its answer. The application (``http_service.HttpApp``) has three entry points: ``head`` (the
-    request line and headers are in), ``start`` (its turn has come, the body is in) and ``dropped`` (the
+    writes its answer. The application (``http_service.HttpApp``) has four entry points: ``head`` (the
+    request line and headers are in), ``refuse`` (its body went past a bound), ``start`` (its turn has come,
+    the body is in; the answer now, or None and ``answered`` later from a thread) and ``dropped`` (the
     connection closed before ``start``)."""
 
     def __init__(self, app, limits: Limits, connections: set) -> None:
@@ -296,24 +297,27 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _next(self) -> None:
-        """Start the next waiting request when the one before it is answered and the client reads."""
-        if self._current is not None or self._write_paused or self.closed:
-            return
-        if not self._queue:
-            if self._read_paused and not self.transport.is_closing():
-                self._read_paused = False
-                self.transport.resume_reading()
-            if self._partial is None and not self._timer_kind:
-                self._arm("idle", self.limits.keepalive_timeout)
-            return
-        ex = self._current = self._queue.popleft()
-        if ex.answer is not None:
-            self.answered(ex, ex.answer, False)
-        else:
-            self.app.start(self, ex)
+        """Start the waiting requests in order while the one before each is answered and the client reads; a
+        loop, not a recursion, over those answered at once (refusals, health), however many were pipelined."""
+        while self._current is None and not self._write_paused and not self.closed:
+            if not self._queue:
+                if self._read_paused and not self.transport.is_closing():
+                    self._read_paused = False
+                    self.transport.resume_reading()
+                if self._partial is None and not self._timer_kind:
+                    self._arm("idle", self.limits.keepalive_timeout)
+                return
+            ex = self._current = self._queue.popleft()
+            data = ex.answer if ex.answer is not None else self.app.start(self, ex)
+            if data is None:  # on the threads: answered() comes back with it
+                return
+            self._current = None
+            self._write(data, not ex.keep_alive or self.draining)
+            if self.transport.is_closing():
+                return
 
     def answered(self, ex: Exchange, data: list, close: bool) -> None:
-        """The answer of ``ex`` (the current request), written in one call; on the event loop."""
+        """The answer of ``ex`` (the current request) from the threads, written in one call; on the event loop."""
         if self._current is not ex or self.closed:
             return
         self._current = None

@@ -167,12 +167,12 @@ class HttpApp:
             pending.admitted = False
             self.plane.admission.leave()
 
-    def start(self, conn: HttpConnection, ex: Exchange) -> None:
-        """The request's turn: health is answered here, the rest on the threads."""
+    def start(self, conn: HttpConnection, ex: Exchange) -> list | None:
+        """The request's turn: health is answered here (its encoded answer), the rest on the threads (None)."""
         if ex.state.endpoint.category == "health":
-            conn.answered(ex, encode(ex.state.endpoint.run(self.plane, ex.state.args, None), ex), False)
-        else:
-            self._jobs.put((conn, ex))
+            return encode(ex.state.endpoint.run(self.plane, ex.state.args, None), ex)
+        self._jobs.put((conn, ex))
+        return None
 
     # -- on the threads ------------------------------------------------------------------------------------
     def _worker(self) -> None:

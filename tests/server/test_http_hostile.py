@@ -486,3 +486,17 @@ def test_an_idle_keepalive_connection_is_closed(test_repository):
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _read_reply(sock)[0] == 200
         assert sock.recv(1) == b""
+
+
+def test_thousands_of_pipelined_requests_in_one_write_are_all_answered(hostile_server):
+    """Answers the server gives at once (health) wait behind an inference and are then written one after
+    another in a loop: a client that pipelines thousands of them in one write gets every answer and the
+    connection stays usable."""
+    n = 3000
+    body = _infer_body([1.0] * 16)
+    with contextlib.closing(_connect(hostile_server.http_port)) as sock:
+        sock.sendall(b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body) + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+        assert [status for status, _ in _read_replies(sock, ["POST"] + ["GET"] * n)] == [200] * (n + 1)
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_reply(sock)[0] == 200
