@@ -23,7 +23,7 @@ COMMANDS = {
     "memory": ("tensorwire.bench.memory", "peak server memory per hostile request vs a bare grpcio receive"),
     "cpu": ("tensorwire.bench.cpu", "server CPU per request, unary and streaming, variants beside a grpcio echo"),
     "http-servers": ("tensorwire.bench.http_servers",
-                     "the HTTP server under the same handlers: uvicorn vs granian, beside gRPC"),
+                     "the HTTP front end beside gRPC on one server (Python clients, perf_analyzer)"),
     "triton-perf": ("tensorwire.bench.triton_perf", "perf_analyzer: plain gRPC vs system shared memory vs streaming"),
     "peers": ("tensorwire.bench.peers", "perf_analyzer against Triton 2.51 and a 60-line grpcio server, same ORT"),
     "report": ("tensorwire.bench.report", "re-draw the markdown and plots of a saved result JSON"),

@@ -1,10 +1,10 @@
-"""`tensorwire bench http-servers`: the HTTP server under the same application, uvicorn vs granian, beside gRPC.
+"""`tensorwire bench http-servers`: the HTTP front end beside gRPC on one server, and perf_analyzer over both.
 
-One tensorwire server per HTTP engine (``TENSORWIRE_HTTP_ENGINE``: uvicorn with httptools on uvloop, or
-granian), the same ASGI application and data plane under each; the same server's gRPC port is the baseline.
-Closed loop at each concurrency, every client thread on its own keep-alive connection: p50 and throughput,
-and the server's CPU per request (user + system of its process, /proc). Requests are KServe v2 binary tensor
-data (the fast path) and, for the record, JSON data. Figures go to bench/results/http/.
+One tensorwire server, its HTTP port (binary tensor data, the fast path, and for the record JSON data) and its
+gRPC port as the baseline. Closed loop at each concurrency, every client thread on its own keep-alive
+connection: p50 and throughput, and the server's CPU per request (user + system of its process, /proc).
+With ``--perf-analyzer``, NVIDIA's perf_analyzer -i http against -i grpc (the acceptance figures). Figures go
+to bench/results/http/.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from tensorwire.bench.procstat import cpu_seconds
 from tensorwire.bench.stats import summarize
 from tensorwire.client import InferenceClient, encode_request
 from tensorwire.launcher import tensorwire_server
-
-ENGINES = ("uvicorn", "granian")
 
 
 def _free_port() -> int:
@@ -110,22 +108,20 @@ def _measure(server, label: str, make_call, concurrency: int, requests: int) -> 
             "server_cpu_us_per_request": cpu / max(len(latencies), 1) * 1e6}
 
 
-def run_engines(repo: Path, requests: int, concurrencies: list[int]) -> list[dict]:
+def run_clients(repo: Path, requests: int, concurrencies: list[int]) -> list[dict]:
     rows = []
-    for engine in ENGINES:
-        port = _free_port()
-        with tensorwire_server(repo, "--http-port", str(port), env={"TENSORWIRE_HTTP_ENGINE": engine}) as server:
-            for model, (_, input_name, shape) in MODELS.items():
-                x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-                cases = {f"{engine} binary": _http_caller(port, model, *http_request(model, input_name, x, True))}
-                if model == "mlp":
-                    cases[f"{engine} json"] = _http_caller(port, model, *http_request(model, input_name, x, False))
-                if engine == ENGINES[0]:
-                    cases["grpc"] = _grpc_caller(server.address, encode_request(model, {input_name: x}))
-                for label, make in cases.items():
-                    for c in concurrencies:
-                        n = requests if model == "mlp" else max(requests // 5, 8 * c)
-                        rows.append({"model": model, **_measure(server, label, make, c, n)})
+    port = _free_port()
+    with tensorwire_server(repo, "--http-port", str(port)) as server:
+        for model, (_, input_name, shape) in MODELS.items():
+            x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+            cases = {"http binary": _http_caller(port, model, *http_request(model, input_name, x, True))}
+            if model == "mlp":
+                cases["http json"] = _http_caller(port, model, *http_request(model, input_name, x, False))
+            cases["grpc"] = _grpc_caller(server.address, encode_request(model, {input_name: x}))
+            for label, make in cases.items():
+                for c in concurrencies:
+                    n = requests if model == "mlp" else max(requests // 5, 8 * c)
+                    rows.append({"model": model, **_measure(server, label, make, c, n)})
     return rows
 
 
@@ -142,7 +138,7 @@ def _model_executions(http_port: int, model: str) -> int:
 
 
 def run_perf_analyzer(pa: Path, repo: Path, rounds: int, interval_ms: int, server_args: list[str] = ()) -> list[dict]:
-    """perf_analyzer -i grpc and -i http (binary tensor data) against one server (uvicorn), alternating in
+    """perf_analyzer -i grpc and -i http (binary tensor data) against one server, alternating in
     rounds; server CPU per request from /proc over each run and the model's inference count."""
     from tensorwire.bench.triton_perf import parse_csv
 
@@ -203,7 +199,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "it; default: not run)")
     p.add_argument("--rounds", type=int, default=3, help="perf_analyzer rounds, alternating protocols (default 3)")
     p.add_argument("--interval-ms", type=int, default=2000, help="perf_analyzer --measurement-interval (default 2000)")
-    p.add_argument("--skip-engines", action="store_true", help="only the perf_analyzer comparison")
+    p.add_argument("--skip-engines", "--skip-clients", action="store_true",
+                   help="only the perf_analyzer comparison, not the Python clients' runs")
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra `tensorwire serve` argument for the perf_analyzer server (repeatable; default: none)")
 
@@ -214,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = write_repository(Path(tmp) / "models",
                                 {name: (build(), "max_batch_size: 8\n") for name, (build, _, _) in MODELS.items()})
-        rows = [] if args.skip_engines else run_engines(repo, args.requests, args.concurrency)
+        rows = [] if args.skip_engines else run_clients(repo, args.requests, args.concurrency)
         pa_rows = run_perf_analyzer(args.perf_analyzer, repo, args.rounds, args.interval_ms, args.server_arg) \
             if args.perf_analyzer else []
     tables = ([markdown(rows)] if rows else []) + ([pa_markdown(pa_rows)] if pa_rows else [])

@@ -2,7 +2,7 @@
 
 One :class:`~tensorwire.server.dataplane.DataPlane` per process owns every operation; the transports are
 thin over it: the gRPC front end (``--grpc-frontend``: the serving loop on grpcio's C-core, ``grpc_core.py``,
-or grpcio's own server, ``grpc_service.py``), the HTTP/REST front end (uvicorn, ``http_service.py``) and the
+or grpcio's own server, ``grpc_service.py``), the HTTP/REST front end (``http_service.py``) and the
 background services (metrics endpoint, repository polling).
 """
 

@@ -45,9 +45,9 @@ GZIP_MIN_BYTES = 1024
 
 @dataclass
 class Request:
-    """What an endpoint reads of an HTTP request: the ASGI scope, the body, the binary extension's header."""
+    """What an endpoint reads of an HTTP request: its headers, the body, the binary extension's header."""
 
-    scope: dict
+    headers: list
     body: memoryview | bytes
     header_length: int | None = None
     call: Call = field(default_factory=Call)
@@ -83,19 +83,6 @@ class Reply:
         body = gzip.compress(raw, compresslevel=1) if encoding == "gzip" else zlib.compress(raw, 1)
         headers = [*self.headers, (b"content-encoding", encoding.encode())]
         return Reply(self.status, body, self.content_type, [], headers, self.close)
-
-    async def send(self, send) -> None:
-        parts = [self.body, *self.parts] if self.body else list(self.parts)
-        size = sum(memoryview(p).nbytes for p in parts)
-        headers = [(b"content-type", self.content_type), *self.headers]
-        headers.append((b"content-length", str(size).encode()))
-        if self.close:
-            headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        for i, part in enumerate(parts):
-            await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
-        if not parts:
-            await send({"type": "http.response.body", "body": b""})
 
 
 def error_reply(exc: RequestError) -> Reply:
@@ -253,14 +240,31 @@ class MethodNotAllowed(InvalidArgument):
     http_status = 405
 
 
+# Paths seen before and where they led: a client repeats its few paths, and the table is walked once for each.
+_ROUTED: dict[str, tuple[Endpoint, dict]] = {}
+ROUTE_CACHE_SIZE = 4096
+
+
 def route(method: str, path: str) -> tuple[Endpoint, dict]:
-    """The endpoint for ``method path`` and the path's arguments (m: model, v: version, r: region)."""
+    """The endpoint for ``method path`` and the path's arguments (m: model, v: version, r: region); the
+    arguments are shared between calls with the same path and must not be changed."""
+    found = _ROUTED.get(path)
+    if found is None:
+        found = _route(path)
+        if len(_ROUTED) >= ROUTE_CACHE_SIZE:
+            _ROUTED.clear()
+        _ROUTED[path] = found
+    endpoint = found[0]
+    if method != endpoint.method and not (method == "HEAD" and endpoint.method == "GET"):
+        raise MethodNotAllowed(f"{method} is not allowed on {path.rstrip('/') or '/'}; use {endpoint.method}")
+    return found
+
+
+def _route(path: str) -> tuple[Endpoint, dict]:
     path = path.rstrip("/") or "/"
     for pattern, endpoint in ROUTES:
         match = pattern.match(path)
         if match is None:
             continue
-        if method != endpoint.method and not (method == "HEAD" and endpoint.method == "GET"):
-            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {endpoint.method}")
         return endpoint, {k: v or "" for k, v in match.groupdict().items()}
     raise NotFound(f"no endpoint at {path}")

@@ -1,42 +1,39 @@
 """The KServe v2 HTTP/REST front end (Triton's paths, JSON and binary tensor data) over the data plane.
 
-An ASGI application served by uvicorn with httptools (the measured choice: docs/design.md,
-bench/results/http/). The event loop only parses HTTP, reads bodies within their bounds and writes answers:
-everything that costs CPU (JSON, the model, encoding) runs on a pool of ``--http-thread-count`` threads, so
-a slow model never stalls another client. Every operation is the data plane's, as for gRPC: admission
-(``--max-concurrent-rpcs``, health exempt), draining, statistics and limits are the same objects.
-Routes, bodies and errors are ``http_routes.py``'s and ``http_json.py``'s; the connection bounds (header
-size and count, header and body timeouts) are ``http_protocol.py``'s.
+Our own asyncio protocol (``http_protocol.py``: httptools' llhttp parser on a uvloop event loop, the measured
+choice: docs/design.md, bench/results/http/) parses requests and writes answers; this module decides what a
+request's head asks for (route, restriction, admission, the body's bound), and runs the rest on a pool of
+``--http-thread-count`` threads: decompression, JSON, the model and encoding, so a slow model never stalls
+another client. A request crosses threads twice, each time with the least machinery: a ``SimpleQueue`` put to
+the pool, one ``call_soon_threadsafe`` back with the encoded answer, which the loop writes in one call. Every
+operation is the data plane's, as for gRPC: admission (``--max-concurrent-rpcs``, health exempt), draining,
+statistics and limits are the same objects. Routes, bodies and errors are ``http_routes.py``'s and
+``http_json.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import queue
 import socket
 import ssl
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tensorwire.errors import Cancelled, DeadlineExceeded, InvalidArgument, RequestError, ResourceExhausted
+from tensorwire.errors import InvalidArgument, RequestError, ResourceExhausted
 from tensorwire.server.call import Call
 from tensorwire.server.dataplane import ADMISSION_REFUSED, DataPlane
 from tensorwire.server.http_json import dumps
-from tensorwire.server.http_routes import GZIP_MIN_BYTES, Reply, Request, error_reply, route
+from tensorwire.server.http_protocol import Exchange, HttpConnection, Limits, status_line
+from tensorwire.server.http_routes import GZIP_MIN_BYTES, Endpoint, Reply, Request, error_reply, route
 from tensorwire.server.security import check_restricted_protocols
 from tensorwire.server.settings import ServerSettings
 
-# The slowest a request body may arrive on average, beyond --http-body-timeout: 64 MiB in a minute.
-MIN_BODY_RATE = 1 << 20
 log = logging.getLogger("tensorwire.http")
-# The HTTP server underneath: uvicorn (httptools, uvloop), the measured choice; "granian" runs the same
-# application on granian for the comparison in bench/http_servers.py (docs/design.md).
-ENGINE_ENV = "TENSORWIRE_HTTP_ENGINE"
 # Content-Encoding values a request body may have, as Triton's: gzip and deflate (zlib's wbits for each).
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -47,132 +44,197 @@ class BodyTooLarge(ResourceExhausted):
     http_status = 413
 
 
-class BodyTimeout(DeadlineExceeded):
-    """A request body that stalled past --http-body-timeout: 408, and the connection closes."""
+class Body:
+    """A request body as it arrives, bounded before it costs memory: with a Content-Length, one buffer placed so
+    that the binary data after a JSON header of ``header_length`` bytes starts 64-byte aligned (binary inputs
+    are then used in place); chunked, parts counted against --max-message-mb."""
 
-    http_status = 408
+    __slots__ = ("view", "chunks", "total", "expected", "limit")
+
+    def __init__(self, size: int | None, header_length: int | None, limit: int) -> None:
+        self.total = 0
+        self.limit = limit
+        self.expected = size if size is not None else limit
+        self.chunks: list[bytes] = []
+        self.view = None
+        if size is not None:  # np.empty, not bytearray: pages cost memory only as the body fills them
+            buf = np.empty(size + 64, np.uint8)
+            start = (-(buf.__array_interface__["data"][0] + (header_length or 0))) % 64
+            self.view = memoryview(buf)[start:start + size]
+
+    def add(self, part: bytes) -> None:
+        end = self.total + len(part)
+        if self.view is not None:
+            if end > len(self.view):
+                raise InvalidArgument(f"request body is longer than its Content-Length {len(self.view)}")
+            self.view[self.total:end] = part
+        else:
+            if end > self.limit:
+                raise BodyTooLarge(f"chunked request body is larger than this server's limit of {self.limit} "
+                                   "bytes (--max-message-mb)")
+            self.chunks.append(part)
+        self.total = end
+
+    def value(self) -> memoryview:
+        if self.view is not None:
+            return self.view[:self.total]
+        return memoryview(self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks))
 
 
-class Disconnected(Cancelled):
-    """The client went away while its body was being read."""
+class Pending:
+    """What the application decided of a request from its head: the endpoint, and whether it holds admission."""
+
+    __slots__ = ("endpoint", "args", "admitted", "header_length")
+
+    def __init__(self, endpoint: Endpoint, args: dict) -> None:
+        self.endpoint = endpoint
+        self.args = args
+        self.admitted = False
+        self.header_length: int | None = None
 
 
 class HttpApp:
-    """The ASGI application: route, check restriction and admission, read the body, run, answer."""
+    """Route, check restriction and admission and bound the body from a request's head (on the event loop);
+    decode, run and encode on ``--http-thread-count`` threads; hand the encoded answer back to the loop."""
 
-    def __init__(self, plane: DataPlane, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, plane: DataPlane, threads: int) -> None:
         self.plane = plane
-        self.executor = executor
         s = plane.settings
         self.limit = s.max_message_bytes
-        self.body_timeout = s.http_body_timeout
         self.restricted = {c: r for r in check_restricted_protocols(s.http_restricted_api, "--http-restricted-api", "")
                            for c in r.categories}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._worker, name=f"tensorwire-http_{i}", daemon=True)
+                         for i in range(threads)]
+        for t in self._threads:
+            t.start()
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    # -- on the event loop ---------------------------------------------------------------------------------
+    def head(self, ex: Exchange) -> None:
+        """A request's head is in: refuse it now (answered in its turn) or say where its body goes."""
         try:
-            reply = await self._answer(scope, receive)
-            encoding = _accepted_encoding(scope)
-            if encoding and reply.size() >= GZIP_MIN_BYTES:  # compressed on the pool, not on the event loop
-                reply = await asyncio.get_running_loop().run_in_executor(self.executor, reply.compressed, encoding)
+            endpoint, args = route(ex.method, ex.path)
+            rule = self.restricted.get(endpoint.category)
+            if rule is not None and not rule.allows((k.decode("latin-1"), v) for k, v in ex.headers):
+                ex.answer = encode(Reply(403, dumps({"error": f"This API is restricted, expecting header "
+                                                               f"'{rule.header}'"})), ex)
+                return
+            pending = ex.state = Pending(endpoint, args)
+            if endpoint.category == "health":  # cheap, never admitted nor refused: probes always get through
+                return
+            if not self.plane.admission.try_enter():
+                ex.answer = encode(Reply(429, dumps({"error": ADMISSION_REFUSED})), ex)
+                return
+            pending.admitted = True
+            if endpoint.body:
+                ex.body = self._body(ex, pending)
         except RequestError as exc:
-            reply = error_reply(exc)
-        except Exception as exc:  # a bug: the log has the traceback, the client a 500
-            log.exception("internal error in HTTP handler")
-            reply = Reply(500, dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}))
-        await reply.send(send)
+            self.refuse(ex, exc)
 
-    async def _answer(self, scope, receive) -> Reply:
-        endpoint, args = route(scope["method"], scope["path"])
-        rule = self.restricted.get(endpoint.category)
-        if rule is not None and not rule.allows((k.decode("latin-1"), v) for k, v in scope["headers"]):
-            return Reply(403, dumps({"error": f"This API is restricted, expecting header '{rule.header}'"}))
-        if endpoint.category == "health":  # cheap, never admitted nor refused: probes always get through
-            return endpoint.run(self.plane, args, None)
-        admission = self.plane.admission
-        if not admission.try_enter():
-            return Reply(429, dumps({"error": ADMISSION_REFUSED}))
-        watch = None
-        try:
-            request = await self._request(scope, receive) if endpoint.body else Request(scope, b"")
-            token = _header(scope, self.plane.token_header)
-            if endpoint.category == "inference":
-                # With the body read, the next receive() returns only when the client goes away (or the answer
-                # is sent): the model sees that through Call.is_active and drops the request if still queued.
-                watch = asyncio.ensure_future(receive())
-                request.call = Call.of_http(lambda: not watch.done(), shm_token=token)
-            elif token is not None:
-                request.call = Call.of_http(None, shm_token=token)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, endpoint.run, self.plane, args, request)
-        finally:
-            admission.leave()
-            if watch is not None:
-                watch.cancel()
-
-    async def _request(self, scope, receive) -> Request:
-        """The body, bounded before it costs memory: Content-Length checked before a byte is read, chunked
-        bodies counted as they arrive, each part within --http-body-timeout, then decompressed within the
-        same bound."""
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        header_length = headers.get(b"inference-header-content-length")
-        size = _int_header(length, "Content-Length") if length is not None else None
+    def _body(self, ex: Exchange, pending: Pending) -> Body:
+        """The body's sink, Content-Length checked against --max-message-mb before a byte is read."""
+        size = hlen = None
+        for name, value in ex.headers:
+            if name == b"content-length":
+                size = _int_header(value, "Content-Length")
+            elif name == b"inference-header-content-length":
+                hlen = _int_header(value, "Inference-Header-Content-Length")
+            elif name == b"expect":
+                ex.expect = value.lower() == b"100-continue"
         if size is not None and size > self.limit:
             raise BodyTooLarge(f"request body of {size} bytes is larger than this server's limit of {self.limit} "
                                "bytes (--max-message-mb)")
-        hlen = _int_header(header_length, "Inference-Header-Content-Length") if header_length is not None else None
-        body = await self._read(receive, size, hlen)
-        encoding = headers.get(b"content-encoding", b"").decode("latin-1").strip().lower()
-        if encoding and encoding != "identity":  # on the pool: a large body must not stall the event loop
-            loop = asyncio.get_running_loop()
-            body = memoryview(await loop.run_in_executor(self.executor, _decompress, body, encoding, self.limit))
-        return Request(scope, body, hlen)
+        pending.header_length = hlen
+        return Body(size, hlen, self.limit)
 
-    async def _read(self, receive, size: int | None, header_length: int | None) -> memoryview:
-        """Read the body into one buffer; with Content-Length known, placed so that the binary data after a
-        JSON header of ``header_length`` bytes starts 64-byte aligned (binary inputs are then used in place)."""
-        chunks: list[bytes] = []
-        total = 0
-        view = None
-        if size is not None:  # np.empty, not bytearray: pages cost memory only as the body fills them
-            buf = np.empty(size + 64, np.uint8)
-            start = (-(buf.ctypes.data + (header_length or 0))) % 64
-            view = memoryview(buf)[start:start + size]
-        loop = asyncio.get_running_loop()
-        # A whole body, not only each part, has a deadline: a client trickling a byte per part would hold its
-        # buffer and its admission slot for ever.
-        deadline = loop.time() + self.body_timeout + (size or self.limit) / MIN_BODY_RATE
-        while True:
+    def refuse(self, ex: Exchange, exc: Exception) -> None:
+        """Answer ``ex`` with ``exc`` in its turn, without reading (more of) its body."""
+        self.dropped(ex)
+        reply = error_reply(exc) if isinstance(exc, RequestError) else _internal(exc)
+        if reply.close:
+            ex.keep_alive = False
+        ex.answer = encode(reply, ex)
+
+    def dropped(self, ex: Exchange) -> None:
+        """``ex`` is never started (its connection closed, its body was refused): its admission is free."""
+        pending = ex.state
+        if pending is not None and pending.admitted:
+            pending.admitted = False
+            self.plane.admission.leave()
+
+    def start(self, conn: HttpConnection, ex: Exchange) -> list | None:
+        """The request's turn: health is answered here (its encoded answer), the rest on the threads (None)."""
+        if ex.state.endpoint.category == "health":
+            return encode(ex.state.endpoint.run(self.plane, ex.state.args, None), ex)
+        self._jobs.put((conn, ex))
+        return None
+
+    # -- on the threads ------------------------------------------------------------------------------------
+    def _worker(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            conn, ex = job
+            reply = self._answer(conn, ex)
+            data = encode(reply, ex, conn.draining)
             try:
-                message = await asyncio.wait_for(receive(), min(self.body_timeout, max(deadline - loop.time(), 0)))
-            except asyncio.TimeoutError:
-                raise BodyTimeout(f"the request body stalled: {self.body_timeout:g} s without a part "
-                                  f"(--http-body-timeout), or slower than {MIN_BODY_RATE >> 10} KiB/s") from None
-            if message["type"] == "http.disconnect":
-                raise Disconnected("client went away")
-            part = message.get("body", b"")
-            if part:
-                if total + len(part) > (size if size is not None else self.limit):
-                    if size is not None:
-                        raise InvalidArgument(f"request body is longer than its Content-Length {size}")
-                    raise BodyTooLarge(f"chunked request body is larger than this server's limit of {self.limit} "
-                                       "bytes (--max-message-mb)")
-                if view is not None:
-                    view[total:total + len(part)] = part
-                else:
-                    chunks.append(part)
-                total += len(part)
-            if not message.get("more_body", False):
-                break
-        if view is not None:
-            return view[:total]
-        return memoryview(b"".join(chunks))
+                self.loop.call_soon_threadsafe(conn.answered, ex, data, reply.close)
+            except RuntimeError:  # the loop is gone: the server stopped
+                return
+
+    def _answer(self, conn: HttpConnection, ex: Exchange) -> Reply:
+        pending = ex.state
+        try:
+            try:
+                reply = self._run(conn, ex, pending)
+            finally:
+                self.dropped(ex)
+            encoding = _accepted_encoding(ex.headers)
+            if encoding and reply.size() >= GZIP_MIN_BYTES:
+                reply = reply.compressed(encoding)
+            return reply
+        except RequestError as exc:
+            return error_reply(exc)
+        except Exception as exc:  # a bug: the log has the traceback, the client a 500
+            log.exception("internal error in HTTP handler")
+            return _internal(exc)
+
+    def _run(self, conn: HttpConnection, ex: Exchange, pending: Pending) -> Reply:
+        body = ex.body.value() if ex.body is not None else b""
+        encoding = _header(ex.headers, "content-encoding")
+        if body and encoding and encoding.strip().lower() != "identity":
+            body = memoryview(_decompress(body, encoding.strip().lower(), self.limit))
+        request = Request(ex.headers, body, pending.header_length)
+        token = _header(ex.headers, self.plane.token_header)
+        if pending.endpoint.category == "inference":
+            # The model sees a closed connection through Call.is_active and drops the request if still queued.
+            request.call = Call.of_http(lambda: not conn.closed, shm_token=token)
+        elif token is not None:
+            request.call = Call.of_http(None, shm_token=token)
+        return pending.endpoint.run(self.plane, pending.args, request)
+
+
+def encode(reply: Reply, ex: Exchange, draining: bool = False) -> list:
+    """The whole answer as buffers for one write: status line, headers, body (none for HEAD)."""
+    parts = [reply.body, *reply.parts] if reply.body else list(reply.parts)
+    size = sum(memoryview(p).nbytes for p in parts)
+    head = [status_line(reply.status), b"content-type: ", reply.content_type, b"\r\ncontent-length: ",
+            str(size).encode()]
+    for name, value in reply.headers:
+        head += [b"\r\n", name, b": ", value]
+    if reply.close or not ex.keep_alive or draining:
+        head.append(b"\r\nconnection: close")
+    head.append(b"\r\n\r\n")
+    if ex.head_only:
+        return [b"".join(head)]
+    return [b"".join(head), *parts]
+
+
+def _internal(exc: Exception) -> Reply:
+    return Reply(500, dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}))
 
 
 def _int_header(value: bytes, name: str) -> int:
@@ -201,32 +263,24 @@ def _decompress(body: memoryview, encoding: str, limit: int) -> bytes:
     return out
 
 
-def _accepted_encoding(scope) -> str:
+def _accepted_encoding(headers: list) -> str:
     """The answer's Content-Encoding a client accepts, as Triton offers them: gzip, else deflate, else none."""
-    for name, value in scope["headers"]:
+    for name, value in headers:
         if name == b"accept-encoding":
             value = value.lower()
             return "gzip" if b"gzip" in value else "deflate" if b"deflate" in value else ""
     return ""
 
 
-async def _lifespan(receive, send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-def _ssl_options(s: ServerSettings) -> dict:
+def _ssl_context(s: ServerSettings) -> ssl.SSLContext | None:
     if not s.http_tls:
-        return {}
-    options = {"ssl_certfile": str(s.grpc_server_cert), "ssl_keyfile": str(s.grpc_server_key)}
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(s.grpc_server_cert), str(s.grpc_server_key))
     if s.http_use_ssl_mutual:
-        options.update(ssl_ca_certs=str(s.grpc_root_cert), ssl_cert_reqs=ssl.CERT_REQUIRED)
-    return options
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(str(s.grpc_root_cert))
+    return context
 
 
 def _listen_socket(s: ServerSettings) -> socket.socket:
@@ -243,39 +297,27 @@ def _listen_socket(s: ServerSettings) -> socket.socket:
 
 
 class HttpFrontend:
-    """uvicorn on its own thread and event loop, with ``--http-thread-count`` threads for the work."""
+    """The connections on their own thread and uvloop event loop, the work on ``--http-thread-count`` threads."""
 
     name = "http"
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.port = 0
-        self._server = None
-        self._granian = None
-        self._granian_loop = None
+        self._app: HttpApp | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[HttpConnection] = set()
         self._thread: threading.Thread | None = None
-        self._executor: ThreadPoolExecutor | None = None
 
     def start(self) -> int:
-        if os.environ.get(ENGINE_ENV, "uvicorn") == "granian":
-            return self._start_granian()
-        import uvicorn
-
-        from tensorwire.server.http_protocol import BoundedHttpToolsProtocol
-
         s = self.plane.settings
-        self._executor = ThreadPoolExecutor(s.http_thread_count, thread_name_prefix="tensorwire-http")
+        context = _ssl_context(s)  # before any thread: a bad certificate fails the start
         sock = _listen_socket(s)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            HttpApp(self.plane, self._executor), http=BoundedHttpToolsProtocol.configured(s), loop="uvloop",
-            lifespan="off", access_log=False, log_config=None, log_level="warning", server_header=False,
-            date_header=False,
-            timeout_keep_alive=int(max(1, s.http_keepalive_timeout)), timeout_graceful_shutdown=s.shutdown_grace_s,
-            ws="none", **_ssl_options(s))
-        self._server = uvicorn.Server(config)
+        self._app = HttpApp(self.plane, s.http_thread_count)
         started = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(sock, started), name="tensorwire-http-loop",
+        self._thread = threading.Thread(target=self._run, args=(sock, context, started), name="tensorwire-http-loop",
                                         daemon=True)
         self._thread.start()
         started.wait(30)
@@ -285,68 +327,53 @@ class HttpFrontend:
             s.http_port_file.write_text(str(self.port))
         return self.port
 
-    def _start_granian(self) -> int:
-        """granian (Rust, hyper) under the same application: the measured alternative (bench/http_servers.py).
-        Needs a fixed --http-port; uvicorn's connection bounds (http_protocol.py) do not apply to it."""
-        from granian.constants import HTTPModes, Interfaces
-        from granian.server.embed import Server
-
-        s = self.plane.settings
-        self._executor = ThreadPoolExecutor(s.http_thread_count, thread_name_prefix="tensorwire-http")
-        app = HttpApp(self.plane, self._executor)
-        server = Server(app, address=s.http_address or s.host, port=s.http_port, interface=Interfaces.ASGINL,
-                        http=HTTPModes.http1, websockets=False, log_enabled=False, backlog=2048)
-        self._granian = server
-        started = threading.Event()
-
-        def run() -> None:
-            async def main() -> None:
-                self._granian_loop = asyncio.get_running_loop()
-                started.set()
-                await server.serve()
-
-            asyncio.run(main())
-
-        self._thread = threading.Thread(target=run, name="tensorwire-http-loop", daemon=True)
-        self._thread.start()
-        started.wait(30)
-        time.sleep(0.5)  # granian binds inside serve(); give it the moment it takes
-        self.port = s.http_port
-        log.info("HTTP/REST on %s:%d (granian)", s.http_address or s.host, self.port)
-        if s.http_port_file:
-            s.http_port_file.write_text(str(self.port))
-        return self.port
-
-    def _run(self, sock: socket.socket, started: threading.Event) -> None:
+    def _run(self, sock: socket.socket, context: ssl.SSLContext | None, started: threading.Event) -> None:
         import uvloop
 
-        async def main() -> None:
-            task = asyncio.ensure_future(self._server.serve(sockets=[sock]))
-            while not self._server.started and not task.done():
-                await asyncio.sleep(0.01)
-            started.set()
-            await task
+        s = self.plane.settings
+        limits = Limits(s.http_max_header_kb << 10, s.http_max_headers, s.http_header_timeout, s.http_body_timeout,
+                        max(1.0, s.http_keepalive_timeout))
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = self._app.loop = loop
+        app, connections = self._app, self._connections
+        self._server = loop.run_until_complete(loop.create_server(
+            lambda: HttpConnection(app, limits, connections), sock=sock, ssl=context, backlog=2048))
+        started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
 
-        uvloop.run(main())
+    async def _drain(self, grace: float) -> None:
+        """Stop accepting, close idle connections, give requests in flight ``grace`` seconds, close the rest."""
+        self._server.close()
+        for conn in list(self._connections):
+            conn.shutdown()
+        deadline = time.monotonic() + grace
+        while self._connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self._connections):
+            conn.transport.abort()
 
     def stop(self, grace: float) -> None:
         """Stop accepting, close idle connections, give requests in flight ``grace`` seconds."""
-        if self._granian is not None:
-            self._granian_loop.call_soon_threadsafe(self._granian.stop)
-        if self._server is not None:
-            self._server.config.timeout_graceful_shutdown = grace
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(grace + 5)
-            self._thread = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        loop = self._loop
+        if loop is not None and self._thread is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._drain(grace), loop).result(grace + 5)
+            except Exception:  # the loop stops below either way
+                log.exception("HTTP drain failed")
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(5)
+        self._thread = None
+        if self._app is not None:
+            self._app.close()
 
 
-def _header(scope: dict, name: str | None) -> str | None:
+def _header(headers: list, name: str | None) -> str | None:
     """The value of request header ``name`` (lower case), None when absent or when ``name`` is None."""
     if name is None:
         return None
     wanted = name.encode("latin-1")
-    return next((value.decode("latin-1") for key, value in scope["headers"] if key == wanted), None)
+    return next((value.decode("latin-1") for key, value in headers if key == wanted), None)

@@ -1,5 +1,5 @@
 """The HTTP benchmarks in their smallest runs, against a real `tensorwire serve`: `bench load --protocol http`
-(closed and open loop, errors counted by HTTP status) and `bench http-servers` (both engines beside gRPC).
+(closed and open loop, errors counted by HTTP status) and `bench http-servers` (HTTP beside gRPC).
 They check that figures are real and counts add up, never compare speeds."""
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ def test_load_over_http_counts_refusals_by_status(tmp_path):
     assert code == 2  # the first request is refused (403): the run does not start
 
 
-def test_http_servers_bench_measures_both_engines_and_grpc(tmp_path):
+def test_http_servers_bench_measures_http_and_grpc(tmp_path):
     out = tmp_path / "out"
     assert main(["bench", "http-servers", "--requests", "16", "--concurrency", "1", "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())
     cases = {(r["model"], r["case"]) for r in rows}
-    assert {("mlp", "uvicorn binary"), ("mlp", "granian binary"), ("mlp", "grpc"), ("mlp", "uvicorn json")} <= cases
+    assert {("mlp", "http binary"), ("mlp", "grpc"), ("mlp", "http json")} <= cases
     assert all(r["p50_ms"] > 0 and r["requests"] > 0 for r in rows)

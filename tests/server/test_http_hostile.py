@@ -422,3 +422,81 @@ def test_shared_memory_offset_below_zero_is_400(test_repository):
         reply = _request(s.http_port, "POST", "/v2/systemsharedmemory/region/neg/register", body)
         assert reply[0] == 400 and "offset -4096 is negative" in _error(reply), reply
         _healthy(s.http_port)
+
+
+def _read_replies(sock: socket.socket, methods: list[str]) -> list[tuple[int, bytes]]:
+    """The answers to ``methods``' requests from one connection, in order (a HEAD's carries no body)."""
+    data, replies = b"", []
+    for method in methods:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {len(replies)} answers"
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = 0 if method == "HEAD" else int(headers.get("content-length", 0))
+        while len(data) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed inside an answer"
+            data += chunk
+        replies.append((int(lines[0].split()[1]), data[:length]))
+        data = data[length:]
+    return replies
+
+
+def test_pipelined_requests_are_answered_in_order(hostile_server):
+    """Requests sent back to back on one connection, before any answer, are answered in their order: the
+    fast ones (health, a 404, HEAD) never overtake an inference ahead of them."""
+    requests = [("POST", "/v2/models/add_sub/infer", _infer_body([1.0] * 16)), ("GET", "/v2/health/live", b""),
+                ("GET", "/v2/models/nope", b""), ("HEAD", "/v2", b""),
+                ("POST", "/v2/models/add_sub/infer", _infer_body([2.0] * 16))]
+    wire = b"".join(f"{m} {p} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(b)}\r\n\r\n".encode() + b
+                    for m, p, b in requests)
+    with contextlib.closing(_connect(hostile_server.http_port)) as sock:
+        sock.sendall(wire)
+        replies = _read_replies(sock, [m for m, _, _ in requests])
+    assert [status for status, _ in replies] == [200, 200, 404, 200, 200]
+    assert json.loads(replies[0][1])["outputs"][0]["data"] == [2.0] * 16
+    assert replies[3][1] == b""
+    assert json.loads(replies[4][1])["outputs"][0]["data"] == [4.0] * 16
+
+
+def test_expect_100_continue_is_answered_before_the_body(hostile_server):
+    body = _infer_body([1.0] * 16)
+    with contextlib.closing(_connect(hostile_server.http_port)) as sock:
+        sock.sendall(b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = sock.recv(1)
+            assert chunk, "closed before 100 Continue"
+            interim += chunk
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        sock.sendall(body)
+        status, _, answer = _read_reply(sock)
+    assert status == 200 and json.loads(answer)["outputs"][0]["data"] == [2.0] * 16
+
+
+def test_an_idle_keepalive_connection_is_closed(test_repository):
+    """--http-keepalive-timeout: a connection that asks nothing more after its answer is closed by the server
+    (the socket's WAIT_S timeout fails the test if it never is)."""
+    with start_server(test_repository, "--http-keepalive-timeout", "1") as s, \
+            contextlib.closing(_connect(s.http_port)) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_reply(sock)[0] == 200
+        assert sock.recv(1) == b""
+
+
+def test_thousands_of_pipelined_requests_in_one_write_are_all_answered(hostile_server):
+    """Answers the server gives at once (health) wait behind an inference and are then written one after
+    another in a loop: a client that pipelines thousands of them in one write gets every answer and the
+    connection stays usable."""
+    n = 3000
+    body = _infer_body([1.0] * 16)
+    with contextlib.closing(_connect(hostile_server.http_port)) as sock:
+        sock.sendall(b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body) + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+        assert [status for status, _ in _read_replies(sock, ["POST"] + ["GET"] * n)] == [200] * (n + 1)
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_reply(sock)[0] == 200
