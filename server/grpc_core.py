@@ -12,9 +12,12 @@ Pollers. A request's work (its model run) happens on the poller that received it
 GIL, so the other pollers go on. Before a poller starts such work it makes sure another one is polling (one
 is started if not), so health calls, cancellations and new calls keep flowing while models run. At most
 ``--handler-threads`` requests are worked on at once; a request beyond that is parked, held by no thread,
-until a poller finishes its work and takes it. Pollers beyond one end after ``IDLE_EXIT_S`` without events.
-A request's feeds may be in scratch buffers it holds until its execution is over (``server/scratch.py``'s
-rule); its poller waits for the batch they are in before it answers or takes anything else.
+until a poller finishes its work and takes it. A ModelInfer whose model has every instance busy is parked
+the same way (``Model.submit``): the freed instance is handed to it and it runs on the poller that freed it,
+after that poller's own answer (``Pollers.resume``). Pollers beyond one end after ``IDLE_EXIT_S`` without
+events. A request's feeds may be in scratch buffers it holds until its execution is over
+(``server/scratch.py``'s rule): a parked request holds them, no thread; a request in a batcher's queue holds
+its poller until its batch ran.
 
 Admission (``--max-concurrent-rpcs``) counts a call from its start, before its request arrived, until its
 final batch completes; health calls are never counted. ``cygrpc`` is not grpcio's public API:
@@ -342,10 +345,11 @@ class Rpc:
     def is_active(self) -> bool:
         return not self.ended
 
-    def caller(self) -> Call:
+    def caller(self, park: Callable[[Callable[[], None]], None] | None = None) -> Call:
+        """The model's view of this call; ``park`` resumes a request that waited (default: on a poller)."""
         header = self.loop.plane.token_header  # the shared-memory token, read only where it is required
         token = None if header is None else next((v for k, v in self.metadata if k == header), None)
-        return Call.of_core(self.deadline, self.is_active, self.on_end, token, self.loop.pollers.resume)
+        return Call.of_core(self.deadline, self.is_active, self.on_end, token, park or self.loop.pollers.resume)
 
     def with_initial(self, operations: tuple) -> tuple:
         """``operations`` preceded by the initial metadata the first time the call sends anything."""
@@ -401,17 +405,51 @@ class Unary(Rpc):
 class Infer(Unary):
     """ModelInfer: a request that finds every instance of its model busy waits parked, holding no poller;
     the instance that frees next is handed to it and it runs on that instance's poller (``Pollers.resume``).
+
+    The answer is sent once the model's frames have returned (``_deferring``): they hold the request's output
+    arrays, which would otherwise stay alive beside the encoded answer while grpc core copies it. An answer
+    given outside a run (the call ended while parked, the model was unloaded) is sent at once.
     """
 
-    __slots__ = ()
+    __slots__ = ("_deferring", "_ready")
 
     def _respond(self, request: bytes) -> None:
+        self._defer()
         try:
-            submit_infer(self.loop.plane, request, self.caller(), self._reply)
+            submit_infer(self.loop.plane, request, self.caller(self._park), self._reply)
         except Exception as exc:  # refused before it reached the model
-            self.fail(exc)
+            self._reply(None, exc)
+        self._send_ready()
+
+    def _park(self, job: Callable[[], None]) -> None:
+        def resumed() -> None:
+            self._defer()
+            try:
+                job()
+            finally:
+                self._send_ready()
+
+        self.loop.pollers.resume(resumed)
+
+    def _defer(self) -> None:
+        with self._lock:
+            self._deferring, self._ready = True, None
 
     def _reply(self, answer: bytes | None, error: BaseException | None) -> None:
+        with self._lock:
+            if self._deferring:
+                self._ready = (answer, error)
+                return
+        self._send(answer, error)
+
+    def _send_ready(self) -> None:
+        with self._lock:
+            self._deferring = False
+            ready, self._ready = self._ready, None
+        if ready is not None:
+            self._send(*ready)
+
+    def _send(self, answer: bytes | None, error: BaseException | None) -> None:
         if error is not None:
             self.fail(error)
         else:

@@ -284,8 +284,11 @@ def _outputs(value, http: HttpInferRequest) -> None:
 
 
 # -- response ---------------------------------------------------------------------------------------------
-def infer_response(response: InferResponse, http: HttpInferRequest) -> tuple[bytes, list, int]:
-    """(JSON header, binary parts in output order, total binary size) of an inference answer."""
+def infer_response(response: InferResponse, http: HttpInferRequest, json_limit: int) -> tuple[bytes, list, int]:
+    """(JSON header, binary parts in output order, total binary size) of an inference answer. Outputs asked
+    for as JSON carry at most ``json_limit`` bytes of data together (--max-typed-contents-mb, the bound of JSON
+    inputs): as Python numbers and text they cost about 8 to 30 times their binary size."""
+    _check_json_size(response, http, json_limit)
     outputs = []
     parts: list = []
     binary_size = 0
@@ -308,6 +311,23 @@ def infer_response(response: InferResponse, http: HttpInferRequest) -> tuple[byt
     if response.parameters:
         doc["parameters"] = dict(response.parameters)
     return dumps(doc), parts, binary_size
+
+
+def _check_json_size(response: InferResponse, http: HttpInferRequest, limit: int) -> None:
+    as_json = [out for out in response.outputs if not out.elsewhere and not http.is_binary(out.name)]
+    size = sum(_data_bytes(out.data) for out in as_json)
+    if size > limit:
+        names = ", ".join(f"'{out.name}'" for out in as_json)
+        raise InvalidArgument(f"output(s) {names} as JSON would carry {size} bytes of data, above this server's bound "
+                              f"of {limit} (--max-typed-contents-mb); request them as binary data "
+                              '("binary_data": true in the output\'s parameters)')
+
+
+def _data_bytes(arr) -> int:
+    arr = np.asarray(arr)
+    if arr.dtype == object:
+        return sum(len(x) if isinstance(x, (bytes, str)) else 8 for x in arr.reshape(-1))
+    return arr.nbytes
 
 
 def _dt(name: str) -> Datatype:

@@ -188,7 +188,8 @@ def _infer(plane: DataPlane, args, req: Request) -> Reply:
     model = plane.model(args["m"], args["v"])
     http = parse_infer_request(memoryview(req.body), req.header_length, model.limits)
     http.request.model_name, http.request.model_version = args["m"], args["v"]
-    header, parts, _size = infer_response(plane.infer(model, http.request, _call(req.call, http.request)), http)
+    header, parts, _size = infer_response(plane.infer(model, http.request, _call(req.call, http.request)), http,
+                                          model.limits.max_typed_contents_bytes)
     if not parts:
         return Reply(200, header)
     return Reply(200, header, b"application/octet-stream", parts,

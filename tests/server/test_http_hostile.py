@@ -500,3 +500,25 @@ def test_thousands_of_pipelined_requests_in_one_write_are_all_answered(hostile_s
         assert [status for status, _ in _read_replies(sock, ["POST"] + ["GET"] * n)] == [200] * (n + 1)
         sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _read_reply(sock)[0] == 200
+
+
+def test_an_answer_too_large_for_json_is_400_and_binary_data_gets_it(hostile_server):
+    """An output asked for as JSON is bounded like a JSON input (--max-typed-contents-mb, 0.5 here): 560 KB of
+    FP32 would become megabytes of Python numbers and text. The same output as binary data is answered."""
+    port = hostile_server.http_port
+    a = np.arange(140_000, dtype=np.float32).reshape(1, -1)
+
+    def ask(binary: bool):
+        header = json.dumps({"inputs": [{"name": "INPUT", "shape": [1, 140_000], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": a.nbytes}}],
+                             "outputs": [{"name": "OUTPUT", "parameters": {"binary_data": binary}}]}).encode()
+        return _request(port, "POST", "/v2/models/identity_fp32/infer", header + a.tobytes(),
+                        {"Inference-Header-Content-Length": len(header)})
+
+    reply = ask(False)
+    assert reply[0] == 400 and "--max-typed-contents-mb" in _error(reply) and '"binary_data": true' in _error(reply)
+    status, headers, body = ask(True)
+    assert status == 200, body
+    np.testing.assert_array_equal(np.frombuffer(body[int(headers["inference-header-content-length"]):], np.float32),
+                                  a.ravel())
+    _healthy(port)
