@@ -117,26 +117,26 @@ def test_health_calls_have_a_bound_of_their_own(tmp_path):
         wait_until(answers, "health answers once the Watch streams ended")
 
 
-def test_a_resumed_job_runs_on_the_poller_after_its_job_or_on_a_resume_thread():
-    """Pollers.resume: from a poller working on a request, the job runs on it right after that request;
-    from any other thread (an HTTP thread that freed the instance), on a resume thread, never inline."""
+def test_a_resumed_job_runs_on_a_resume_thread_and_the_stop_waits_for_it():
+    """Pollers.resume: a request handed an instance runs on a resume thread (the poller that freed the instance
+    goes on sending its answer), counted as work until it ran; an idle resume thread takes the next one."""
     queue = cygrpc.CompletionQueue()
     pollers = Pollers(queue, lambda _event: None, limit=4)
     pollers.start()
-    order: list[tuple[str, str]] = []
-    done = threading.Event()
+    names: list[str] = []
+    release, done = threading.Event(), threading.Event()
 
     def first() -> None:
-        pollers.resume(lambda: order.append(("resumed", threading.current_thread().name)))
-        order.append(("first", threading.current_thread().name))
+        names.append(threading.current_thread().name)
+        release.wait(60)
 
-    worker = threading.Thread(target=pollers.work, args=(first,), name="worker")
-    worker.start()
-    worker.join(60)
-    assert order == [("first", "worker"), ("resumed", "worker")]
-    pollers.resume(lambda: (order.append(("handed", threading.current_thread().name)), done.set()))
+    pollers.resume(first)
+    assert not pollers.idle(0.2)  # it runs (or waits): the stop would wait for it
+    release.set()
+    assert pollers.idle(60)
+    pollers.resume(lambda: (names.append(threading.current_thread().name), done.set()))
     assert done.wait(60)
-    assert order[-1] == ("handed", "tensorwire-resume")
+    assert names == ["tensorwire-resume", "tensorwire-resume"]
     assert pollers.idle(60)
     queue.shutdown()
     pollers.join(60)
