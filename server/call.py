@@ -5,8 +5,7 @@ for the C-core serving loop (the deadline of its call details and its receive-cl
 for an HTTP request. The model reads only these
 facts: when the caller stops waiting (``deadline``), whether it still waits (``is_active``), and a way to be
 told the moment it stops (``on_end``), which lets a queued request leave at once when its client goes away;
-the shared-memory token it presented (``shm_token``), when the server requires one; and, for a transport
-that can resume work later without a thread waiting for it (the C-core loop), ``park``.
+and the shared-memory token it presented (``shm_token``), when the server requires one.
 """
 
 from __future__ import annotations
@@ -31,9 +30,6 @@ class Call:
     on_end: Callable[[Callable[[], None]], bool] | None = None
     # The shared-memory token the caller presented (server/shared_memory.py TOKEN_HEADER), if it was read.
     shm_token: str | None = None
-    # ``park(job)`` runs ``job`` later on a free thread of the transport: a request submitted while every
-    # instance is busy waits holding no thread (Model.submit). None: the caller's thread waits (Model.infer).
-    park: Callable[[Callable[[], None]], None] | None = None
 
     @classmethod
     def of_grpc(cls, context, token_header: str | None = None) -> Call:
@@ -46,12 +42,10 @@ class Call:
 
     @classmethod
     def of_core(cls, deadline: float, is_active: Callable[[], bool],
-                on_end: Callable[[Callable[[], None]], bool], shm_token: str | None = None,
-                park: Callable[[Callable[[], None]], None] | None = None) -> Call:
+                on_end: Callable[[Callable[[], None]], bool], shm_token: str | None = None) -> Call:
         """A call of the C-core serving loop: ``deadline`` as grpc core's call details carry it (a time.time()
-        instant, about 2**63 without one); ``shm_token`` read from its invocation metadata when required;
-        ``park``, the loop's way to resume a request on a free poller."""
-        return cls(deadline_in(deadline - time.time()), is_active, on_end, shm_token, park)
+        instant, about 2**63 without one); ``shm_token`` read from its invocation metadata when required."""
+        return cls(deadline_in(deadline - time.time()), is_active, on_end, shm_token)
 
     @classmethod
     def of_http(cls, is_active: Callable[[], bool] | None, timeout_s: float | None = None,

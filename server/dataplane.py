@@ -10,7 +10,6 @@ nowhere else, so the two protocols cannot drift apart (MLServer's DataPlane is t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from tensorwire.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, Unimplemented
@@ -246,22 +245,6 @@ class DataPlane:
         name, version = self.codec.peek_infer_request(request_bytes)
         model = self.model(name, version)
         return self.infer(model, self.codec.decode_infer_request(request_bytes, model.check_contents), call)
-
-    def submit_bytes(self, request_bytes, call: Call,
-                     done: Callable[[InferResponse | None, BaseException | None], None]) -> None:
-        """``infer_bytes`` that need not hold the caller's thread while the request waits for an instance
-        (``Model.submit``): ``done(response, error)`` once. A request refused before it reaches the model
-        (unknown model, draining, malformed) raises here instead."""
-        name, version = self.codec.peek_infer_request(request_bytes)
-        model = self.model(name, version)
-        request = self.codec.decode_infer_request(request_bytes, model.check_contents)
-        self.in_flight.__enter__()
-
-        def finished(response: InferResponse | None, error: BaseException | None) -> None:
-            self.in_flight.__exit__(None, None, None)
-            done(response, error)
-
-        model.submit(request, call, self.regions.seen_by(call.shm_token), finished)
 
     def close(self) -> None:
         """Release what the data plane holds beyond the repository (shared-memory regions)."""

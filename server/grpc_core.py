@@ -12,12 +12,9 @@ Pollers. A request's work (its model run) happens on the poller that received it
 GIL, so the other pollers go on. Before a poller starts such work it makes sure another one is polling (one
 is started if not), so health calls, cancellations and new calls keep flowing while models run. At most
 ``--handler-threads`` requests are worked on at once; a request beyond that is parked, held by no thread,
-until a poller finishes its work and takes it. A ModelInfer whose model has every instance busy is parked
-the same way (``Model.submit``): the freed instance is handed to it and it runs on a resume thread while the
-poller that freed it sends its own answer (``Pollers.resume``). Pollers beyond one end after ``IDLE_EXIT_S`` without
-events. A request's feeds may be in scratch buffers it holds until its execution is over
-(``server/scratch.py``'s rule): a parked request holds them, no thread; a request in a batcher's queue holds
-its poller until its batch ran.
+until a poller finishes its work and takes it. Pollers beyond one end after ``IDLE_EXIT_S`` without events.
+A request's feeds may be in scratch buffers it holds until its execution is over (``server/scratch.py``'s
+rule); its poller waits for the batch they are in before it answers or takes anything else.
 
 Admission (``--max-concurrent-rpcs``) counts a call from its start, before its request arrived, until its
 final batch completes; health calls are never counted. ``cygrpc`` is not grpcio's public API:
@@ -32,7 +29,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from queue import Empty, SimpleQueue
 
 import grpc
 from grpc._cython import cygrpc
@@ -48,12 +44,12 @@ from tensorwire.server.grpc_methods import (
     MODEL_STREAM_INFER,
     SERVICE_PREFIX,
     UNARY,
+    answer_infer,
     answer_stream_request,
     answer_unary,
     draining_stream_answer,
     health_statuses,
     internal_message,
-    submit_infer,
 )
 from tensorwire.server.grpc_options import channel_options, listen
 from tensorwire.server.grpc_reflect import reflection_methods
@@ -169,9 +165,6 @@ class Pollers:
         self.threads = 0
         self.working = 0  # pollers doing a request's work (at most ``limit``)
         self._parked: collections.deque[Callable[[], None]] = collections.deque()
-        # Requests handed an instance while they waited parked at a model (Call.park), for the resume threads.
-        self._handoff: SimpleQueue[Callable[[], None]] = SimpleQueue()
-        self._idle_resumers = 0  # resume threads waiting for a job, not yet promised one
         self._done = threading.Condition(self._lock)
         self.on_exit: Callable[[], None] = lambda: None  # run by a poller thread as it ends
 
@@ -221,44 +214,15 @@ class Pollers:
             if self.threads - self.working < 1:
                 self._spawn()
         while job is not None:
-            _run_job(job)
+            try:
+                job()
+            except Exception:
+                log.exception("internal error in the gRPC serving loop")
             with self._lock:
                 job = self._parked.popleft() if self._parked else None
                 if job is None:
                     self.working -= 1
                     self._done.notify_all()
-
-    def resume(self, job: Callable[[], None]) -> None:
-        """Run ``job``, a request that waited parked at a model and now holds an instance (``Call.park``), on
-        a resume thread: the next run starts while the thread that freed the instance still sends its answer
-        (measured: 282 against 344 us per request when that thread ran it after its answer, bench/results/peers/),
-        and a poller waiting for events could not be woken for it anyway."""
-        with self._lock:
-            self.working += 1  # counted until it ran: the stop waits for it
-            promised = self._idle_resumers > 0
-            if promised:
-                self._idle_resumers -= 1
-        if promised:
-            self._handoff.put(job)
-        else:
-            threading.Thread(target=self._resumer, args=(job,), name="tensorwire-resume", daemon=True).start()
-
-    def _resumer(self, job: Callable[[], None]) -> None:
-        """Run handed-over jobs; end after ``IDLE_EXIT_S`` without one (unless one was promised meanwhile)."""
-        while True:
-            _run_job(job)
-            with self._lock:
-                self.working -= 1
-                self._done.notify_all()
-                self._idle_resumers += 1
-            try:
-                job = self._handoff.get(timeout=IDLE_EXIT_S)
-            except Empty:
-                with self._lock:
-                    if self._idle_resumers > 0:  # nobody counted on this thread: it may end
-                        self._idle_resumers -= 1
-                        return
-                job = self._handoff.get()  # a job was promised to an idle resumer: take it
 
     def idle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until no job runs or waits; whether that happened."""
@@ -268,13 +232,6 @@ class Pollers:
     def join(self, timeout: float) -> None:
         with self._done:
             self._done.wait_for(lambda: self.threads == 0, timeout)
-
-
-def _run_job(job: Callable[[], None]) -> None:
-    try:
-        job()
-    except Exception:  # a poller never dies of one call
-        log.exception("internal error in the gRPC serving loop")
 
 
 class Rpc:
@@ -336,11 +293,10 @@ class Rpc:
     def is_active(self) -> bool:
         return not self.ended
 
-    def caller(self, park: Callable[[Callable[[], None]], None] | None = None) -> Call:
-        """The model's view of this call; ``park`` resumes a request that waited (default: on a poller)."""
+    def caller(self) -> Call:
         header = self.loop.plane.token_header  # the shared-memory token, read only where it is required
         token = None if header is None else next((v for k, v in self.metadata if k == header), None)
-        return Call.of_core(self.deadline, self.is_active, self.on_end, token, park or self.loop.pollers.resume)
+        return Call.of_core(self.deadline, self.is_active, self.on_end, token)
 
     def with_initial(self, operations: tuple) -> tuple:
         """``operations`` preceded by the initial metadata the first time the call sends anything."""
@@ -389,60 +345,6 @@ class Unary(Rpc):
             answer = self.answer(request, self)
         except Exception as exc:
             self.fail(exc)
-        else:
-            self.finish(message=answer)
-
-
-class Infer(Unary):
-    """ModelInfer: a request that finds every instance of its model busy waits parked, holding no poller;
-    the instance that frees next is handed to it and it runs on a resume thread (``Pollers.resume``).
-
-    The answer is sent once the model's frames have returned (``_deferring``): they hold the request's output
-    arrays, which would otherwise stay alive beside the encoded answer while grpc core copies it. An answer
-    given outside a run (the call ended while parked, the model was unloaded) is sent at once.
-    """
-
-    __slots__ = ("_deferring", "_ready")
-
-    def _respond(self, request: bytes) -> None:
-        self._defer()
-        try:
-            submit_infer(self.loop.plane, request, self.caller(self._park), self._reply)
-        except Exception as exc:  # refused before it reached the model
-            self._reply(None, exc)
-        self._send_ready()
-
-    def _park(self, job: Callable[[], None]) -> None:
-        def resumed() -> None:
-            self._defer()
-            try:
-                job()
-            finally:
-                self._send_ready()
-
-        self.loop.pollers.resume(resumed)
-
-    def _defer(self) -> None:
-        with self._lock:
-            self._deferring, self._ready = True, None
-
-    def _reply(self, answer: bytes | None, error: BaseException | None) -> None:
-        with self._lock:
-            if self._deferring:
-                self._ready = (answer, error)
-                return
-        self._send(answer, error)
-
-    def _send_ready(self) -> None:
-        with self._lock:
-            self._deferring = False
-            ready, self._ready = self._ready, None
-        if ready is not None:
-            self._send(*ready)
-
-    def _send(self, answer: bytes | None, error: BaseException | None) -> None:
-        if error is not None:
-            self.fail(error)
         else:
             self.finish(message=answer)
 
@@ -590,12 +492,15 @@ class CoreFrontend:
                 return answer_unary(plane, name, request, rpc.caller())
             methods[SERVICE_PREFIX + name] = (Unary, lambda _rpc, f=unary: f)
 
+        def infer(request: bytes, rpc: Rpc) -> bytes:
+            return answer_infer(plane, request, rpc.caller())
+
         def stream_infer(request: bytes, rpc: Rpc) -> tuple[bytes, bool]:
             if plane.draining.is_set():
                 return draining_stream_answer(plane), True
             return answer_stream_request(plane, request, rpc.caller()), False
 
-        methods[MODEL_INFER] = (Infer, lambda _rpc: None)
+        methods[MODEL_INFER] = (Unary, lambda _rpc: infer)
         methods[MODEL_STREAM_INFER] = (Stream, lambda _rpc: stream_infer)
         methods[HEALTH_CHECK] = (Unary, lambda _rpc: self._health_check)
         methods[HEALTH_WATCH] = (Watch, lambda _rpc: None)

@@ -152,25 +152,6 @@ def answer_infer(plane: DataPlane, request_bytes, call: Call) -> bytes:
     return plane.codec.encode_infer_response(plane.infer_bytes(request_bytes, call))
 
 
-def submit_infer(plane: DataPlane, request_bytes, call: Call,
-                 reply: Callable[[bytes | None, BaseException | None], None]) -> None:
-    """ModelInfer without holding the caller's thread while the request waits for an instance:
-    ``reply(answer bytes, error)`` once. A request refused before it reaches the model raises here."""
-
-    def done(response: InferResponse | None, error: BaseException | None) -> None:
-        if error is None:
-            try:
-                answer = plane.codec.encode_infer_response(response)
-            except BaseException as exc:
-                reply(None, exc)
-                return
-            reply(answer, None)
-        else:
-            reply(None, error)
-
-    plane.submit_bytes(request_bytes, call, done)
-
-
 def encode_stream_answer(plane: DataPlane, response: InferResponse | None, error: BaseException | None) -> bytes:
     """One ModelStreamInferResponse: the answer, or its error_message (a stream goes on after a failed request)."""
     if error is None:

@@ -25,7 +25,7 @@ from tensorwire.proto.tensors import raw_from_array
 from tensorwire.server.call import ANY_CALLER, Call
 from tensorwire.server.model_config import ModelSpec
 from tensorwire.server.request_limits import DEFAULT_LIMITS, RequestLimits, ResponseBound
-from tensorwire.server.scheduler import Execution, Scheduler
+from tensorwire.server.scheduler import Scheduler
 from tensorwire.server.scratch import ScratchPool
 from tensorwire.server.shared_memory import NO_REGIONS, SharedMemoryRegistry
 from tensorwire.server.statistics import ModelStatistics, RequestTimes
@@ -91,99 +91,32 @@ class Model:
             return self._resolve(request.model_name, request.model_version).infer(request, call, regions)
         prep = None
         try:
-            prep = self._prepare(request, regions)
+            prep = (prepare_fast(request, self.lane, self.scratch)
+                    or prepare(request, self.spec, self.limits, regions, self.scratch))
+            bound = self.response_bound
+            if bound.before:  # only models whose largest static answer exceeds --max-message-mb
+                bound.check(prep)
             prepared = time.perf_counter_ns()
             execution = self.scheduler.execute(prep, call)
             ran = time.perf_counter_ns()
-            response = self._answer(request, prep, execution)
+            if bound.after:  # dynamic output dims: the arrays' size, before anything is encoded
+                bound.check(prep, execution.outputs)
+            response = self._package(request, prep, execution.outputs)
         except BaseException as exc:
-            self._failed(request, exc, start)
+            self.stats.record_failure(time.perf_counter_ns() - start, failure_reason(exc))
+            if self.access_rate and random.random() < self.access_rate:
+                self._access(request, getattr(exc, "code", grpc.StatusCode.INTERNAL).name, start)
             raise
         finally:  # what the request held: its shared-memory leases and scratch buffers (execution is over)
             if prep is not None:
                 _release(prep, self.scratch)
-        self._succeeded(request, prep, execution, (start, prepared, ran))
-        return response
-
-    def submit(self, request: InferRequest, call: Call, regions: SharedMemoryRegistry,
-               done: Callable[[InferResponse | None, BaseException | None], None]) -> None:
-        """``infer`` for a transport that need not wait: ``done(response, error)`` is called once, on this
-        thread or, when the request waited for an instance, on the thread ``call.park`` gives it."""
-        start = time.perf_counter_ns()
-        self.stats.begin()
-        if self._resolve is not None:
-            self.stats.abandon()
-            self._resolve(request.model_name, request.model_version).submit(request, call, regions, done)
-            return
-        prep = None
-        handed = False  # the scheduler called back: the rest is _complete's, whatever is raised after
-
-        def then(execution: Execution | None, error: BaseException | None) -> None:
-            nonlocal handed
-            handed = True
-            self._complete(request, prep, execution, error, start, prepared, done)
-
-        try:
-            prep = self._prepare(request, regions)
-            prepared = time.perf_counter_ns()
-            self.scheduler.submit(prep, call, then)
-        except BaseException as exc:
-            if handed:
-                raise
-            self._failed(request, exc, start)  # refused before it was queued: nothing else will answer it
-            if prep is not None:
-                _release(prep, self.scratch)
-            done(None, exc)
-
-    def _complete(self, request: InferRequest, prep: PreparedRequest, execution: Execution | None,
-                  error: BaseException | None, start: int, prepared: int, done: Callable) -> None:
-        """The rest of a submitted request once the scheduler is done with it: package, record, answer."""
-        ran = time.perf_counter_ns()
-        try:
-            if error is not None:
-                raise error
-            response = self._answer(request, prep, execution)
-        except BaseException as exc:
-            self._failed(request, exc, start)
-            done(None, exc)
-            return
-        finally:
-            _release(prep, self.scratch)
-        self._succeeded(request, prep, execution, (start, prepared, ran))
-        done(response, None)
-
-    def _prepare(self, request: InferRequest, regions: SharedMemoryRegistry) -> PreparedRequest:
-        prep = (prepare_fast(request, self.lane, self.scratch)
-                or prepare(request, self.spec, self.limits, regions, self.scratch))
-        if self.response_bound.before:  # only models whose largest static answer exceeds --max-message-mb
-            try:
-                self.response_bound.check(prep)
-            except BaseException:
-                _release(prep, self.scratch)
-                raise
-        return prep
-
-    def _answer(self, request: InferRequest, prep: PreparedRequest, execution: Execution) -> InferResponse:
-        if self.response_bound.after:  # dynamic output dims: the arrays' size, before anything is encoded
-            self.response_bound.check(prep, execution.outputs)
-        return self._package(request, prep, execution.outputs)
-
-    def _failed(self, request: InferRequest, exc: BaseException, start: int) -> None:
-        self.stats.record_failure(time.perf_counter_ns() - start, failure_reason(exc))
-        if self.access_rate and random.random() < self.access_rate:
-            self._access(request, getattr(exc, "code", grpc.StatusCode.INTERNAL).name, start)
-
-    def _succeeded(self, request: InferRequest, prep: PreparedRequest, execution: Execution,
-                   marks: tuple[int, int, int]) -> None:
-        """Statistics and the access log of an answered request; ``marks``: its start, prepared and ran
-        instants (perf_counter_ns)."""
-        start, prepared, ran = marks
         end = time.perf_counter_ns()
         times = RequestTimes(queue_ns=execution.queue_ns, compute_input_ns=prepared - start + execution.input_ns,
                              compute_infer_ns=execution.infer_ns, compute_output_ns=end - ran)
         self.stats.record_success(prep.batch_size, end - start, times)
         if self.access_rate and random.random() < self.access_rate:
             self._access(request, "OK", start, end)
+        return response
 
     def _access(self, request: InferRequest, status: str, start: int, end: int = 0) -> None:
         """One access-log line (sampled by --log-requests): model, version, status, latency, request id."""

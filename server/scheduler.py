@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import queue
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,10 +49,6 @@ class Execution:
     infer_ns: int = 0  # the instance running
 
 
-# What a submitted request's continuation receives: its execution, or the error that ended it.
-Then = Callable[[Execution | None, BaseException | None], None]
-
-
 class Scheduler(Protocol):
     """How a request reaches an instance.
 
@@ -64,10 +60,6 @@ class Scheduler(Protocol):
 
     def execute(self, prep: PreparedRequest, call: Call) -> Execution: ...
 
-    def submit(self, prep: PreparedRequest, call: Call, then: Then) -> None:
-        """As ``execute``, but the answer goes to ``then`` (execution, error), on this thread or later on
-        one ``call.park`` gives (the feeds rule holds until ``then`` is called)."""
-
     def close(self) -> None: ...
 
 
@@ -76,114 +68,24 @@ def _expired(model: str) -> DeadlineExceeded:
                             f"'{model}'; nothing was computed")
 
 
-@dataclass(eq=False, slots=True)
-class _Waiter:
-    """A request waiting for an instance: ``resume(runner, error)`` hands it one (or the error that ends
-    its wait) exactly once, by whoever takes it out of the queue under the lock."""
-
-    resume: Callable[[Runner | None, BaseException | None], None]
-
-
-class _Blocked:
-    """The waiter of a caller whose thread waits (``execute``): a lock held until the handoff releases it
-    (C code all the way; an Event is Python code over a Condition, several microseconds per wait)."""
-
-    __slots__ = ("lock", "runner", "error")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.runner: Runner | None = None
-        self.error: BaseException | None = None
-
-    def resume(self, runner: Runner | None, error: BaseException | None) -> None:
-        self.runner, self.error = runner, error
-        self.lock.release()
-
-    def wait(self, timeout: float | None) -> bool:
-        return self.lock.acquire(timeout=-1 if timeout is None else timeout)
-
-
 class DirectScheduler:
-    """One request per execution; a request waits for a free instance, first come first served.
-
-    A freed instance goes straight to the oldest waiter. A waiter is a thread (``execute``) or, through
-    ``submit`` with a transport that can park (``Call.park``), a continuation that holds no thread: the
-    instance is handed to it and it runs on a thread the transport picks.
-    """
+    """One request per execution; waits for a free instance."""
 
     def __init__(self, name: str, runners: list[Runner], stats: ModelStatistics) -> None:
         self.name = name
         self.stats = stats
-        self._free: list[Runner] = list(runners)
-        self._waiting: deque[_Waiter] = deque()
-        self._lock = threading.Lock()
-        self._closed = False
+        # Free instances. SimpleQueue's get/put are C code (a threading.Semaphore is Python code over a
+        # Condition: several microseconds per request).
+        self._free: queue.SimpleQueue[Runner] = queue.SimpleQueue()
+        for runner in runners:
+            self._free.put(runner)
 
     def execute(self, prep: PreparedRequest, call: Call) -> Execution:
         t0 = time.perf_counter_ns()
-        return self._run(self._acquire(call), prep, call, t0)
-
-    def submit(self, prep: PreparedRequest, call: Call, then: Then) -> None:
-        """Run now on a free instance, or queue and return; ``then`` gets the execution or the error. With
-        no ``call.park`` the caller's thread waits instead, as in ``execute``."""
-        t0 = time.perf_counter_ns()
-        if call.park is None:
-            _settle(lambda: self.execute(prep, call), then)
-            return
-        park = call.park
-
-        def resume(runner: Runner | None, error: BaseException | None) -> None:
-            if runner is None:
-                then(None, error)
-            else:
-                park(lambda: _settle(lambda: self._run(runner, prep, call, t0), then))
-
-        waiter = _Waiter(resume)
-        with self._lock:
-            runner = self._take_or_queue(waiter)
-        if runner is not None:
-            _settle(lambda: self._run(runner, prep, call, t0), then)
-        elif call.on_end is not None and not call.on_end(lambda: self._give_up(waiter)):
-            self._give_up(waiter)  # the call had already ended
-
-    def _take_or_queue(self, waiter: _Waiter) -> Runner | None:  # with the lock held
-        if self._closed:
-            raise Unavailable(f"model '{self.name}' is being unloaded")
-        if self._free:
-            return self._free.pop()
-        self._waiting.append(waiter)
-        return None
-
-    def _acquire(self, call: Call) -> Runner:
-        """A free instance, waiting for one up to the call's deadline."""
-        blocked = _Blocked()
-        waiter = _Waiter(blocked.resume)
-        with self._lock:
-            runner = self._take_or_queue(waiter)
-        if runner is not None:
-            return runner
-        if not blocked.wait(call.remaining()):
-            with self._lock:
-                if waiter in self._waiting:
-                    self._waiting.remove(waiter)
-                    raise _expired(self.name)
-            blocked.wait(None)  # handed one meanwhile: take it
-        if blocked.error is not None:
-            raise blocked.error
-        return blocked.runner
-
-    def _give_up(self, waiter: _Waiter) -> None:
-        """The call ended while its request waited: it leaves the queue now (if no instance reached it)."""
-        with self._lock:
-            try:
-                self._waiting.remove(waiter)
-            except ValueError:
-                return
-        waiter.resume(None, Cancelled(f"the call ended while its request waited for model '{self.name}'; "
-                                      "nothing was computed"))
-
-    def _run(self, runner: Runner, prep: PreparedRequest, call: Call, t0: int) -> Execution:
+        try:
+            runner = self._free.get(timeout=call.remaining())
+        except queue.Empty:
+            raise _expired(self.name) from None
         try:
             t1 = time.perf_counter_ns()
             if call.abandoned():  # timed out or cancelled (a shutdown's grace ran out, say) while it waited
@@ -191,36 +93,12 @@ class DirectScheduler:
             outputs = runner(prep.feeds, prep.output_names)
             t2 = time.perf_counter_ns()
         finally:
-            self._release(runner)
+            self._free.put(runner)
         self.stats.record_execution(prep.batch_size, RequestTimes(compute_infer_ns=t2 - t1))
         return Execution(outputs, prep.batch_size, queue_ns=t1 - t0, infer_ns=t2 - t1)
 
-    def _release(self, runner: Runner) -> None:
-        """The instance to the oldest waiter, or back to the free ones."""
-        with self._lock:
-            waiter = self._waiting.popleft() if self._waiting else None
-            if waiter is None:
-                self._free.append(runner)
-                return
-        waiter.resume(runner, None)
-
     def close(self) -> None:
-        """Requests still waiting are answered UNAVAILABLE; those running finish."""
-        with self._lock:
-            self._closed = True
-            waiting, self._waiting = list(self._waiting), deque()
-        for waiter in waiting:
-            waiter.resume(None, Unavailable(f"model '{self.name}' was unloaded while the request waited"))
-
-
-def _settle(work: Callable[[], Execution], then: Then) -> None:
-    """``then`` with what ``work`` returned or raised."""
-    try:
-        execution = work()
-    except BaseException as exc:
-        then(None, exc)
-        return
-    then(execution, None)
+        pass
 
 
 @dataclass(eq=False)
@@ -324,10 +202,6 @@ class DynamicBatcher:
             raise item.error
         assert item.result is not None
         return item.result
-
-    def submit(self, prep: PreparedRequest, call: Call, then: Then) -> None:
-        """As ``execute``: a request in the batcher's queue holds its caller's thread until its batch ran."""
-        _settle(lambda: self.execute(prep, call), then)
 
     def _caller_left(self, item: _Pending) -> None:
         """The call ended (cancelled or timed out; or answered, then this does nothing): a request still

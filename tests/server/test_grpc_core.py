@@ -5,18 +5,14 @@ done). The protocol itself is checked on both front ends by the client, security
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from types import SimpleNamespace
 
 import grpc
-import numpy as np
-import onnx
 from grpc._cython import cygrpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import ADD_SUB_CONFIG, add_sub_model, write_model
-from onnx import TensorProto, helper, numpy_helper
 from serving import start_server
 
 from tensorwire.server import app
@@ -115,83 +111,3 @@ def test_health_calls_have_a_bound_of_their_own(tmp_path):
                 return False
 
         wait_until(answers, "health answers once the Watch streams ended")
-
-
-def test_a_resumed_job_runs_on_a_resume_thread_and_the_stop_waits_for_it():
-    """Pollers.resume: a request handed an instance runs on a resume thread (the poller that freed the instance
-    goes on sending its answer), counted as work until it ran; an idle resume thread takes the next one."""
-    queue = cygrpc.CompletionQueue()
-    pollers = Pollers(queue, lambda _event: None, limit=4)
-    pollers.start()
-    names: list[str] = []
-    release, done = threading.Event(), threading.Event()
-
-    def first() -> None:
-        names.append(threading.current_thread().name)
-        release.wait(60)
-
-    pollers.resume(first)
-    assert not pollers.idle(0.2)  # it runs (or waits): the stop would wait for it
-    release.set()
-    assert pollers.idle(60)
-    pollers.resume(lambda: (names.append(threading.current_thread().name), done.set()))
-    assert done.wait(60)
-    assert names == ["tensorwire-resume", "tensorwire-resume"]
-    assert pollers.idle(60)
-    queue.shutdown()
-    pollers.join(60)
-
-
-def _matmul_chain(width: int, layers: int) -> onnx.ModelProto:
-    """A model slow enough (about 10 ms on one thread) for requests to queue behind its one instance."""
-    rng = np.random.default_rng(0)
-    names = ["INPUT"] + [f"h{i}" for i in range(1, layers)] + ["OUTPUT"]
-    weights = [numpy_helper.from_array((rng.standard_normal((width, width)) / width).astype(np.float32), f"w{i}")
-               for i in range(layers)]
-    nodes = [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]]) for i in range(layers)]
-    graph = helper.make_graph(nodes, "chain",
-                              [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["batch", width])],
-                              [helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["batch", width])],
-                              initializer=weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def test_requests_waiting_for_a_busy_instance_hold_no_poller(tmp_path):
-    """64 ModelInfer calls at once on a model with one instance: each waits parked, not on a poller of its
-    own (grpcio's server, or a blocking wait, would hold 64 threads), and every answer is the model's."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import tritonclient.grpc as tc
-
-    model = _matmul_chain(1024, 10)
-    repo = write_model(tmp_path / "models", "chain", model,
-                       "max_batch_size: 8\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n").parent
-    x = np.random.default_rng(1).standard_normal((1, 1024)).astype(np.float32)
-    with start_server(repo, "--grpc-frontend", "core", "--intra-op-threads", "1") as s, \
-            tc.InferenceServerClient(s.address) as client:
-        inp = tc.InferInput("INPUT", [1, 1024], "FP32")
-        inp.set_data_from_numpy(x)
-        expected = client.infer("chain", [inp]).as_numpy("OUTPUT")
-        before, peak, stop = _threads(s.process.pid), [0], threading.Event()
-
-        def watch() -> None:
-            while not stop.is_set():
-                peak[0] = max(peak[0], _threads(s.process.pid))
-                stop.wait(0.002)
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        with ThreadPoolExecutor(64) as pool:
-            answers = list(pool.map(lambda _: client.infer("chain", [inp], client_timeout=120).as_numpy("OUTPUT"),
-                                    range(64)))
-        stop.set()
-        watcher.join(60)
-        stats = client.get_inference_statistics("chain").model_stats[0]
-    assert all(np.array_equal(a, expected) for a in answers)
-    assert stats.inference_count == 65 and stats.execution_count == 65
-    assert stats.inference_stats.queue.ns > 0  # they did wait for the instance
-    assert peak[0] - before <= 8, f"threads went from {before} to {peak[0]} with 64 requests waiting"

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tensorwire.errors import Cancelled, DeadlineExceeded, Unavailable
+from tensorwire.errors import DeadlineExceeded
 from tensorwire.server.call import ANY_CALLER, Call
 from tensorwire.server.scheduler import DirectScheduler, DynamicBatcher
 from tensorwire.server.statistics import ModelStatistics
@@ -106,51 +106,3 @@ def test_direct_scheduler_deadlines_and_instances_go_back():
         sched.execute(_prep(3.0), Call(deadline=time.monotonic() - 1))
     out = sched.execute(_prep(4.0), ANY_CALLER).outputs[0]
     assert calls == [1.0, 4.0] and out[0, 0] == 8.0
-
-
-def test_a_submitted_request_waits_for_a_busy_instance_without_a_thread():
-    """With a transport that parks (Call.park), a request that finds the only instance busy is queued and
-    submit returns; the instance, once free, is handed to it (first come, first served) and it runs on the
-    thread park gives it. A caller that leaves while queued gets its error at once; close answers the rest."""
-    release, started = threading.Event(), threading.Event()
-    ran: list[float] = []
-
-    def runner(feeds, names):
-        ran.append(float(feeds["x"][0, 0]))
-        if len(ran) == 1:
-            started.set()
-            release.wait(30)
-        return [feeds["x"] * 2]
-
-    sched = DirectScheduler("m", [runner], ModelStatistics())
-    parked: list = []
-    answers: dict[float, tuple] = {}
-    ends: dict[float, list] = {}
-
-    def call(value: float) -> Call:
-        ends[value] = []
-        return Call(park=parked.append, on_end=lambda f, v=value: ends[v].append(f) or True)
-
-    def then(value: float):
-        return lambda execution, error: answers.__setitem__(value, (execution, error))
-
-    holder = threading.Thread(target=sched.submit, args=(_prep(1.0), call(1.0), then(1.0)))
-    holder.start()
-    assert started.wait(10)
-    for v in (2.0, 3.0, 4.0):
-        sched.submit(_prep(v), call(v), then(v))  # returns at once: the instance is busy
-    assert parked == [] and set(answers) == set()
-    ends[3.0][0]()  # the caller of 3.0 goes away while queued
-    assert isinstance(answers[3.0][1], Cancelled)
-    release.set()
-    holder.join(10)
-    assert answers[1.0][0].outputs[0][0, 0] == 2.0 and len(parked) == 1  # handed to 2.0, the oldest
-    parked.pop()()  # the transport runs it: 2.0 runs, then hands the instance to 4.0
-    assert answers[2.0][0].outputs[0][0, 0] == 4.0 and len(parked) == 1
-    sched.submit(_prep(5.0), call(5.0), then(5.0))  # queued behind 4.0, which holds the instance
-    sched.close()
-    assert isinstance(answers[5.0][1], Unavailable) and "unloaded" in str(answers[5.0][1])
-    parked.pop()()
-    assert answers[4.0][0].outputs[0][0, 0] == 8.0 and ran == [1.0, 2.0, 4.0]
-    with pytest.raises(Unavailable):
-        sched.submit(_prep(6.0), call(6.0), then(6.0))
