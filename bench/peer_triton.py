@@ -70,11 +70,11 @@ def _tensors(onnx_path: Path) -> tuple[list, list]:
 
 
 def _config(name: str, max_batch_size: int, inputs: list, outputs: list) -> str:
-    def tensors(kind: str, items: list) -> str:
+    def tensors(items: list) -> str:
         return ", ".join(f'{{ name: "{n}" data_type: TYPE_FP32 dims: {json.dumps(d)} }}' for n, d in items)
 
     return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
-            f"input [ {tensors('input', inputs)} ]\noutput [ {tensors('output', outputs)} ]\n"
+            f"input [ {tensors(inputs)} ]\noutput [ {tensors(outputs)} ]\n"
             "instance_group [ { count: 1 kind: KIND_CPU } ]\n")
 
 

@@ -34,13 +34,6 @@ def rest(server):
     client.close()
 
 
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    client = grpcclient.InferenceServerClient(server.address)
-    yield client
-    client.close()
-
-
 def test_health(rest):
     assert rest.is_server_live()
     assert rest.is_server_ready()
@@ -73,7 +66,7 @@ def test_model_metadata_and_config(rest):
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", sorted(DTYPE_MODELS))
-def test_infer_every_datatype_equals_grpc(rest, grpc_client, model, binary):
+def test_infer_every_datatype_equals_grpc(rest, triton, model, binary):
     datatype = DTYPE_MODELS[model][0]
     data = _random(datatype, (2, 5))
     outputs = [httpclient.InferRequestedOutput("OUTPUT", binary_data=binary)]
@@ -88,7 +81,7 @@ def test_infer_every_datatype_equals_grpc(rest, grpc_client, model, binary):
     assert result.get_output("OUTPUT")["datatype"] == datatype and out.shape == (2, 5)
     g = grpcclient.InferInput("INPUT", [2, 5], datatype)
     g.set_data_from_numpy(data)
-    expected = grpc_client.infer(model, [g]).as_numpy("OUTPUT")
+    expected = triton.infer(model, [g]).as_numpy("OUTPUT")
     if datatype == "BYTES":  # JSON carries BYTES as strings, which tritonclient.http gives back as str
         as_bytes = [x if isinstance(x, bytes) else x.encode() for x in out.reshape(-1)]
         assert as_bytes == expected.reshape(-1).tolist() == data.reshape(-1).tolist()
@@ -132,7 +125,7 @@ def test_compressed_request_and_response(rest):
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + a)
 
 
-def test_errors_carry_the_grpc_message(rest, grpc_client):
+def test_errors_carry_the_grpc_message(rest, triton):
     bad = np.zeros((1, 16), np.int32)
     with pytest.raises(InferenceServerException) as err:
         rest.infer("add_sub", [_input("INPUT0", bad, "INT32"), _input("INPUT1", bad, "INT32")])
@@ -141,7 +134,7 @@ def test_errors_carry_the_grpc_message(rest, grpc_client):
     for t in g:
         t.set_data_from_numpy(bad)
     with pytest.raises(InferenceServerException) as gerr:
-        grpc_client.infer("add_sub", g)
+        triton.infer("add_sub", g)
     assert err.value.message() == gerr.value.message()
     with pytest.raises(InferenceServerException) as err:
         rest.infer("no_such_model", [_input("INPUT0", bad, "INT32")])
