@@ -12,10 +12,12 @@ Pollers. A request's work (its model run) happens on the poller that received it
 GIL, so the other pollers go on. Before a poller starts such work it makes sure another one is polling (a
 resting one is called, or one is started), so health calls, cancellations and new calls keep flowing while
 models run. At most ``--handler-threads`` requests are worked on at once, and at most a model's
-``work_bound`` of its own (one per instance and the next; a batcher's are not bounded); a request beyond
-either is parked, held by no thread, until a poller finishes work and takes it (its own model's first). A
-poller done with its work rests on a lock of its own while another polls: each thread waiting on the
-completion queue is one more that grpc core wakes. Pollers beyond one end after ``IDLE_EXIT_S`` idle.
+``work_bound`` of its own (one per instance; a batcher's are not bounded); a request beyond either is parked,
+held by no thread, until a poller finishes work and takes it (its own model's first). A poller done with its
+work rests on a lock of its own while another polls: each thread waiting on the completion queue is one more
+that grpc core wakes. Both rules change where the process has one CPU (``single_cpu``): pollers do not rest,
+and a model's gate lets one request more through, to wait for the first instance freed. Pollers beyond one
+end after ``IDLE_EXIT_S`` idle.
 A request's feeds may be in scratch buffers it holds until its execution is over (``server/scratch.py``'s
 rule); its poller waits for the batch they are in before it answers or takes anything else.
 
@@ -182,10 +184,7 @@ class Pollers:
         self._queue = queue
         self._dispatch = dispatch
         self.limit = limit
-        # Whether a poller done with its work rests while another polls. Only where the process has several
-        # CPUs: on one, calling a resting poller back is a switch on the same core each time work starts,
-        # and it measured costlier than the idle pollers it saves (bench/results/peers/README.md).
-        self.rest = rest
+        self.rest = rest  # whether a poller done with its work rests while another polls (single_cpu says when)
         self._lock = threading.Lock()
         self.threads = 0
         self.working = 0  # pollers doing a request's work (at most ``limit``)
@@ -597,6 +596,7 @@ class CoreFrontend:
         self._methods = self._method_table()
         # Each model version's gate; a model unloaded (and no longer referenced) takes its gate with it.
         self._gates: weakref.WeakKeyDictionary[Model, Gate] = weakref.WeakKeyDictionary()
+        self.single_cpu = False  # whether the process runs on one CPU: set by ``start`` (see there)
 
     def gate(self, model: Model) -> Gate | None:
         """``model``'s gate (None: its requests are not bounded, a batcher's)."""
@@ -606,7 +606,7 @@ class CoreFrontend:
             if bound is None:
                 return None
             with self._lock:
-                gate = self._gates.setdefault(model, Gate(bound))
+                gate = self._gates.setdefault(model, Gate(bound + self.single_cpu))
         return gate
 
     def _method_table(self) -> dict[str, tuple[type[Rpc], Callable[[Rpc], Callable]]]:
@@ -649,8 +649,13 @@ class CoreFrontend:
         self.port = listen(s, self._add_port)
         self._server.start()
         self.statuses = health_statuses(self.plane)
-        self.pollers = Pollers(self._queue, self._dispatch, s.handler_thread_count,
-                               rest=len(os.sched_getaffinity(0)) > 1)
+        # Two choices measured opposite ways on one CPU and on several (bench/results/peers/README.md): on one,
+        # waking a resting poller, or the poller that freed an instance taking the next request itself, is a
+        # switch on that same core each time, so pollers do not rest and a gate lets one request more wait on
+        # the instance; on several, each idle poller on the queue and each hand-off through the instance costs
+        # more. Read here, after --cpu-affinity pinned the process.
+        self.single_cpu = len(os.sched_getaffinity(0)) == 1
+        self.pollers = Pollers(self._queue, self._dispatch, s.handler_thread_count, rest=not self.single_cpu)
         self.pollers.on_exit = self.tally.retire_thread
         for _ in range(CALLS_REQUESTED):
             self._request_call()

@@ -83,9 +83,7 @@ class DirectScheduler:
         self._free: queue.SimpleQueue[Runner] = queue.SimpleQueue()
         for runner in runners:
             self._free.put(runner)
-        # One request per instance, and one more waiting to take the first instance freed without a thread
-        # hand-off: the fewest thread switches per request measured, pinned or not (bench/results/peers/).
-        self.work_bound = len(runners) + 1
+        self.work_bound = len(runners)  # one request per instance can make progress at once
 
     def execute(self, prep: PreparedRequest, call: Call) -> Execution:
         t0 = time.perf_counter_ns()

@@ -163,10 +163,11 @@ def _matmul_chain(width: int, layers: int) -> onnx.ModelProto:
 
 
 def test_requests_waiting_for_a_busy_instance_hold_no_poller_and_spare_pollers_rest(tmp_path):
-    """64 ModelInfer calls at once on a model with one instance, served in this process: two are worked on
-    (the instance's and the next), the rest wait parked, so the pollers stay at a few threads (grpcio's server
-    would hold 64); every answer is the model's and the parked time counts as queue time. Once the burst is
-    over one poller polls and the others rest, a later call is answered, and the stop ends every poller."""
+    """64 ModelInfer calls at once on a model with one instance, served in this process: one is worked on
+    (two on a one-CPU host: the next waits on the instance), the rest wait parked, so the pollers stay at a few
+    threads (grpcio's server would hold 64); every answer is the model's and the parked time counts as queue
+    time. Once the burst is over one poller polls and the others rest, a later call is answered, and the stop
+    ends every poller."""
     from concurrent.futures import ThreadPoolExecutor
 
     import tritonclient.grpc as tc
@@ -196,7 +197,7 @@ def test_requests_waiting_for_a_busy_instance_hold_no_poller_and_spare_pollers_r
             stop.set()
             watcher.join(60)
             stats = client.get_inference_statistics("chain").model_stats[0]
-            assert pollers.rest == (len(os.sched_getaffinity(0)) > 1)  # pollers rest only with several CPUs
+            assert pollers.rest == (len(os.sched_getaffinity(0)) > 1) != server.grpc.single_cpu
             if pollers.rest:
                 wait_until(lambda: pollers.threads - len(pollers._resting) == 1, "one poller polling, the rest resting")
             assert np.array_equal(client.infer("chain", [inp]).as_numpy("OUTPUT"), expected)
@@ -205,6 +206,6 @@ def test_requests_waiting_for_a_busy_instance_hold_no_poller_and_spare_pollers_r
     assert all(np.array_equal(a, expected) for a in answers)
     assert stats.inference_count == 65 and stats.execution_count == 65
     assert stats.inference_stats.queue.ns > 0  # they did wait, and the parked time is counted
-    assert peak[0] <= 4, f"{peak[0]} pollers with 64 requests waiting (2 working, 1 polling, 1 for a statistics call)"
+    assert peak[0] <= 4, f"{peak[0]} pollers with 64 requests waiting (at most 2 working, 1 polling, 1 spare)"
     pollers.join(60)
     assert pollers.threads == 0
