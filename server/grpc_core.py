@@ -71,8 +71,8 @@ QUIESCE_S = 300.0  # longest wait, after a cut grace, for the model runs still g
 # Calls requested from grpc core ahead of time, so that a burst of new calls never waits for a poller to ask.
 CALLS_REQUESTED = 32
 HEALTH_CHECK = f"/{HEALTH_SERVICE}/Check"
-GATED = frozenset((MODEL_INFER, MODEL_STREAM_INFER))  # methods whose requests wait for their model's gate
 HEALTH_WATCH = f"/{HEALTH_SERVICE}/Watch"
+GATED = frozenset((MODEL_INFER, MODEL_STREAM_INFER))  # methods whose requests wait for their model's gate
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 _NEW_CALL = "new call"
