@@ -28,10 +28,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 # glibc's own ceiling for its dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit hosts).
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
-# Free memory at the top of a thread's arena is given back past this, on free(); malloc_trim does not give it
-# back, so a higher one (it was 64 MiB, a whole arena heap) kept a burst's 16 MiB requests resident for good once
-# few threads served them; 8 MiB measured the same on 600 KB requests (bench/results/peers/README.md).
-TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
+TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
 
 
 def keep_large_blocks() -> bool:

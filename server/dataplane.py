@@ -238,18 +238,13 @@ class DataPlane:
         with self.in_flight:
             return model.infer(request, call, self.regions.seen_by(call.shm_token))
 
-    def infer_bytes(self, request_bytes, call: Call, model: Model | None = None) -> InferResponse:
-        """A ModelInferRequest in wire bytes: the model first (``model_of``, unless given), then the body,
+    def infer_bytes(self, request_bytes, call: Call) -> InferResponse:
+        """A ModelInferRequest in wire bytes: the model first (peek reads fields 1-2 only), then the body,
         decoded under that model's bounds, so an unknown model or a hostile count costs nothing beyond the
         transport's receive (docs/resilience.md)."""
-        if model is None:
-            model = self.model_of(request_bytes)
-        return self.infer(model, self.codec.decode_infer_request(request_bytes, model.check_contents), call)
-
-    def model_of(self, request_bytes) -> Model:
-        """The model a ModelInferRequest in wire bytes is for (the peek reads fields 1-2 only)."""
         name, version = self.codec.peek_infer_request(request_bytes)
-        return self.model(name, version)
+        model = self.model(name, version)
+        return self.infer(model, self.codec.decode_infer_request(request_bytes, model.check_contents), call)
 
     def close(self) -> None:
         """Release what the data plane holds beyond the repository (shared-memory regions)."""

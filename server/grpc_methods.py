@@ -23,7 +23,6 @@ from tensorwire.errors import InvalidArgument, RequestError
 from tensorwire.proto.messages import InferResponse
 from tensorwire.server.call import ANY_CALLER, Call
 from tensorwire.server.dataplane import DRAINING, SERVER_NAME, DataPlane
-from tensorwire.server.model import Model
 from tensorwire.server.security import CATEGORIES
 
 log = logging.getLogger("tensorwire.grpc")
@@ -148,9 +147,9 @@ def answer_unary(plane: DataPlane, method: str, request_bytes: bytes, call: Call
     return answer(plane, request, call).SerializeToString()
 
 
-def answer_infer(plane: DataPlane, request_bytes, call: Call, model: Model | None = None) -> bytes:
-    """ModelInfer: the response's wire bytes; RequestError on failure (``model``: already looked up)."""
-    return plane.codec.encode_infer_response(plane.infer_bytes(request_bytes, call, model))
+def answer_infer(plane: DataPlane, request_bytes, call: Call) -> bytes:
+    """ModelInfer: the response's wire bytes; RequestError on failure."""
+    return plane.codec.encode_infer_response(plane.infer_bytes(request_bytes, call))
 
 
 def encode_stream_answer(plane: DataPlane, response: InferResponse | None, error: BaseException | None) -> bytes:
@@ -168,10 +167,10 @@ def draining_stream_answer(plane: DataPlane) -> bytes:
     return plane.codec.encode_stream_response(None, DRAINING)
 
 
-def answer_stream_request(plane: DataPlane, request_bytes, call: Call, model: Model | None = None) -> bytes:
+def answer_stream_request(plane: DataPlane, request_bytes, call: Call) -> bytes:
     """One request of ModelStreamInfer answered, in its wire form; never raises for a request's failure."""
     try:
-        return encode_stream_answer(plane, plane.infer_bytes(request_bytes, call, model), None)
+        return encode_stream_answer(plane, plane.infer_bytes(request_bytes, call), None)
     except Exception as exc:  # the stream goes on; the error travels in error_message
         return encode_stream_answer(plane, None, exc)
 

@@ -80,17 +80,11 @@ class Model:
     def name(self) -> str:
         return self.spec.name
 
-    @property
-    def work_bound(self) -> int | None:
-        """Requests of this model worth working on at once (its scheduler's); None: no bound."""
-        return self.scheduler.work_bound
-
     def infer(self, request: InferRequest, call: Call = ANY_CALLER,
               regions: SharedMemoryRegistry = NO_REGIONS) -> InferResponse:
         """Prepare, schedule, package and record one request; a failure is recorded and raised. ``regions``:
         the server's shared-memory registry, for requests that name a region."""
-        begun = time.perf_counter_ns()
-        start = begun - call.waited_ns  # the request's time counts from its arrival, parked time included
+        start = time.perf_counter_ns()
         self.stats.begin()  # before the retired check: a drain that saw no request pending saw this one's check
         if self._resolve is not None:
             self.stats.abandon()
@@ -117,8 +111,7 @@ class Model:
             if prep is not None:
                 _release(prep, self.scratch)
         end = time.perf_counter_ns()
-        times = RequestTimes(queue_ns=call.waited_ns + execution.queue_ns,
-                             compute_input_ns=prepared - begun + execution.input_ns,
+        times = RequestTimes(queue_ns=execution.queue_ns, compute_input_ns=prepared - start + execution.input_ns,
                              compute_infer_ns=execution.infer_ns, compute_output_ns=end - ran)
         self.stats.record_success(prep.batch_size, end - start, times)
         if self.access_rate and random.random() < self.access_rate:

@@ -39,7 +39,6 @@ from tensorwire.server.model_config import (
     versions_to_load,
 )
 from tensorwire.server.scratch import ScratchPool
-from tensorwire.server.session import import_onnxruntime
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.repository")
@@ -172,7 +171,7 @@ class ModelRepository:
         try:
             cfg = _config(name, model_dir, config_json)
             check_supported(cfg)
-            check_config_limits(cfg, self.settings, import_onnxruntime().get_available_providers())
+            check_config_limits(cfg, self.settings)
             available = version_dirs(model_dir)
             if not available:
                 raise ModelLoadError(f"model '{name}' has no version directory (e.g. {name}/1/model.onnx)")

@@ -58,10 +58,6 @@ class Scheduler(Protocol):
     The deadline is checked here, and only here: right before an instance starts on the request.
     """
 
-    # Requests worth working on at once; a transport may park the rest holding no thread (the core loop does,
-    # server/grpc_core.py). None: no bound (a batcher fills its batches from the requests waiting in it).
-    work_bound: int | None
-
     def execute(self, prep: PreparedRequest, call: Call) -> Execution: ...
 
     def close(self) -> None: ...
@@ -83,7 +79,6 @@ class DirectScheduler:
         self._free: queue.SimpleQueue[Runner] = queue.SimpleQueue()
         for runner in runners:
             self._free.put(runner)
-        self.work_bound = len(runners)  # one request per instance can make progress at once
 
     def execute(self, prep: PreparedRequest, call: Call) -> Execution:
         t0 = time.perf_counter_ns()
@@ -166,7 +161,6 @@ class DynamicBatcher:
         self.preferred = sorted(s for s in preferred_batch_sizes if 0 < s <= max_batch_size)
         self.max_delay_ns = max_queue_delay_us * 1000
         self.max_queue_size = max_queue_size
-        self.work_bound = None
         self._queue: deque[_Pending] = deque()
         self._idle: list[Runner] = list(runners)  # instances not running or forming a batch
         self._cond = threading.Condition()
