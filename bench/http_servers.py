@@ -13,7 +13,6 @@ import argparse
 import http.client
 import json
 import shlex
-import socket
 import subprocess
 import threading
 import time
@@ -23,16 +22,11 @@ import numpy as np
 
 from tensorwire.bench.models import REQUEST_MODELS as MODELS
 from tensorwire.bench.models import write_repository
+from tensorwire.bench.procnet import free_port
 from tensorwire.bench.procstat import cpu_seconds
 from tensorwire.bench.stats import summarize
 from tensorwire.client import InferenceClient, encode_request
 from tensorwire.launcher import tensorwire_server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_request(model: str, input_name: str, x: np.ndarray, binary: bool) -> tuple[bytes, dict]:
@@ -110,7 +104,7 @@ def _measure(server, label: str, make_call, concurrency: int, requests: int) -> 
 
 def run_clients(repo: Path, requests: int, concurrencies: list[int]) -> list[dict]:
     rows = []
-    port = _free_port()
+    port = free_port()
     with tensorwire_server(repo, "--http-port", str(port)) as server:
         for model, (_, input_name, shape) in MODELS.items():
             x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
@@ -143,7 +137,7 @@ def run_perf_analyzer(pa: Path, repo: Path, rounds: int, interval_ms: int, serve
     from tensorwire.bench.triton_perf import parse_csv
 
     rows = []
-    port = _free_port()
+    port = free_port()
     with tensorwire_server(repo, "--http-port", str(port), *server_args) as server:
         for r in range(rounds):
             for model, concurrency in PA_CASES:

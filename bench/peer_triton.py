@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tensorwire.bench.procnet import free_port
 
 DEFAULT_TRITON = Path("/work/triton/pytriton/tritonserver")
 STARTUP_TIMEOUT_S = 120.0
@@ -97,12 +98,6 @@ def write_repository(source: Path, target: Path, intra_op_threads: int, spinning
     return target
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def check(triton: Path) -> str | None:
     """Why ``triton`` cannot serve this Python's backend models, or None when it can."""
     stub = triton / "backends" / "python" / "triton_python_backend_stub"
@@ -118,7 +113,7 @@ def serve(triton: Path, repository: Path, log_path: Path, prefix: list[str]) -> 
     """``tritonserver`` on a free loopback gRPC port (HTTP and metrics off); (address, process) once ready."""
     import tritonclient.grpc as tc
 
-    port = _free_port()
+    port = free_port()
     command = [*prefix, str(triton / "bin" / "tritonserver"), "--model-repository", str(repository),
                "--backend-directory", str(triton / "backends"), "--grpc-port", str(port),
                "--grpc-address", "127.0.0.1", "--allow-http", "false", "--allow-metrics", "false",

@@ -8,6 +8,7 @@ inodes a process holds, so a client's local port maps to the worker serving it.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 _ESTABLISHED, _LISTEN = "01", "0A"
@@ -103,3 +104,10 @@ def listeners(port: int) -> list[int]:
         if entry.name.isdigit() and inodes & socket_inodes(int(entry.name)):
             pids.append(int(entry.name))
     return sorted(pids)
+
+
+def free_port() -> int:
+    """A loopback TCP port free now, for a server that takes its port on the command line (not port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
