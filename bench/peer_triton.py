@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tensorwire.bench.procnet import free_port
+from tensorwire.launcher import stop_process
 
 DEFAULT_TRITON = Path("/work/triton/pytriton/tritonserver")
 STARTUP_TIMEOUT_S = 120.0
@@ -130,12 +131,7 @@ def serve(triton: Path, repository: Path, log_path: Path, prefix: list[str]) -> 
                 time.sleep(0.2)
         yield address, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _ready(client) -> bool:

@@ -137,6 +137,17 @@ def _launch(command: Sequence[str], workdir: Path, env: dict | None, check_exit:
             raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM ``proc``, give it ``timeout_s`` seconds, then SIGKILL it; reaped either way (a peer server or a
+    tool the tests run; a tensorwire server's own stop, which must exit 0 in time, is ``launch``'s)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def tensorwire_server(repository: Path, *extra_args: str, **kw) -> contextlib.AbstractContextManager[ServerProcess]:
     """`tensorwire serve` on 127.0.0.1 and a free port (its metrics and HTTP endpoints too, unless ``extra_args``
     say)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -21,13 +20,10 @@ from models import ADD_SUB_CONFIG, add_sub_model, write_model
 from serving import start_server
 from system_tools import require_system
 
+from tensorwire.bench.procnet import free_port
+from tensorwire.launcher import stop_process
+
 PROMETHEUS = "prometheus"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -41,7 +37,7 @@ scrape_configs:
   - job_name: tensorwire
     static_configs: [{{targets: ["127.0.0.1:{target_port}"]}}]
 """)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
@@ -50,11 +46,7 @@ scrape_configs:
         wait_until(lambda: _ready(url, proc), "prometheus ready", 60)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 
