@@ -65,10 +65,13 @@ class Peer:
     pids: list[int] = field(default_factory=list)
 
 
-def _repository(workdir: Path) -> Path:
+def _repository(workdir: Path, pin: bool) -> Path:
+    """The models, one CPU instance each when pinned (one core); not pinned, the config names no instance
+    group, so tensorwire opens what it opens by default (Triton's: two CPU instances)."""
     from tensorwire.bench.models import CPU_CONFIG, conv_model, mlp_model, write_repository
 
-    return write_repository(workdir / "models", {"conv": (conv_model(), CPU_CONFIG), "mlp": (mlp_model(), CPU_CONFIG)})
+    config = CPU_CONFIG if pin else "max_batch_size: 8\n"
+    return write_repository(workdir / "models", {"conv": (conv_model(), config), "mlp": (mlp_model(), config)})
 
 
 def _tensorwire_args(plan: Plan, frontend: str) -> list[str]:
@@ -142,7 +145,7 @@ def measure(plan: Plan) -> dict[str, Any]:
     cases = [c for c in CASES if c.name in plan.cases]
     with tempfile.TemporaryDirectory(prefix="tensorwire-peers-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
-        repo = _repository(workdir)
+        repo = _repository(workdir, plan.pin)
         peers = [_start(stack, plan, repo, workdir, name) for name in plan.peers]
         reference = _outputs(peers[0].address)
         equality = {p.name: all(np.array_equal(v, reference[m]) for m, v in _outputs(p.address).items())

@@ -102,7 +102,7 @@ class TensorwireServer:
         self.refresh_health()
         if s.port_file:
             s.port_file.write_text(str(self.port))
-        self.background.after_listen(self.plane.in_flight)
+        self.background.after_listen(self.plane.in_flight, (self.grpc.release_memory,))
         return self
 
     def _check_startup_loads(self) -> None:

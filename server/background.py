@@ -8,6 +8,8 @@ at the end.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tensorwire.server.allocator import MemoryReleaser
 from tensorwire.server.dataplane import InFlight
 from tensorwire.server.metrics import MetricsEndpoint, start_metrics
@@ -33,11 +35,12 @@ class BackgroundServices:
             self.poller = RepositoryPoller(self.repository, self.settings.repository_poll_secs)
             self.poller.prime()
 
-    def after_listen(self, in_flight: InFlight) -> None:
-        """Start polling, and releasing memory once ``in_flight`` shows a burst has ended."""
+    def after_listen(self, in_flight: InFlight, burst_over: tuple[Callable[[], None], ...] = ()) -> None:
+        """Start polling, and releasing memory once ``in_flight`` shows a burst has ended (then each of
+        ``burst_over`` is called: the transports' ``release_memory``)."""
         if self.poller is not None:
             self.poller.start()
-        self.releaser = MemoryReleaser(self.scratch, in_flight.snapshot)
+        self.releaser = MemoryReleaser(self.scratch, in_flight.snapshot, burst_over=burst_over)
         self.releaser.start()
 
     def stop(self) -> None:

@@ -30,6 +30,9 @@ class Call:
     on_end: Callable[[Callable[[], None]], bool] | None = None
     # The shared-memory token the caller presented (server/shared_memory.py TOKEN_HEADER), if it was read.
     shm_token: str | None = None
+    # Nanoseconds the request waited in its transport for its model's turn (the core loop parks requests past
+    # the model's work_bound): the model counts them as queue time, as it counts waiting for an instance.
+    waited_ns: int = 0
 
     @classmethod
     def of_grpc(cls, context, token_header: str | None = None) -> Call:
@@ -42,10 +45,12 @@ class Call:
 
     @classmethod
     def of_core(cls, deadline: float, is_active: Callable[[], bool],
-                on_end: Callable[[Callable[[], None]], bool], shm_token: str | None = None) -> Call:
+                on_end: Callable[[Callable[[], None]], bool], shm_token: str | None = None,
+                waited_ns: int = 0) -> Call:
         """A call of the C-core serving loop: ``deadline`` as grpc core's call details carry it (a time.time()
-        instant, about 2**63 without one); ``shm_token`` read from its invocation metadata when required."""
-        return cls(deadline_in(deadline - time.time()), is_active, on_end, shm_token)
+        instant, about 2**63 without one); ``shm_token`` read from its invocation metadata when required;
+        ``waited_ns`` the time its request was parked."""
+        return cls(deadline_in(deadline - time.time()), is_active, on_end, shm_token, waited_ns)
 
     @classmethod
     def of_http(cls, is_active: Callable[[], bool] | None, timeout_s: float | None = None,

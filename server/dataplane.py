@@ -10,6 +10,7 @@ nowhere else, so the two protocols cannot drift apart (MLServer's DataPlane is t
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tensorwire.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, Unimplemented
@@ -63,15 +64,21 @@ class InFlight:
         self.started = 0
         self.finished = 0
 
-    def __enter__(self) -> None:
+    def enter(self) -> None:
         with self._lock:
             self.started += 1
 
-    def __exit__(self, *exc) -> None:
+    def leave(self) -> None:
         with self._lock:
             self.finished += 1
             if self.finished == self.started:
                 self._lock.notify_all()
+
+    def __enter__(self) -> None:
+        self.enter()
+
+    def __exit__(self, *exc) -> None:
+        self.leave()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Until no request is being served (True), or ``timeout_s`` passed (False)."""
@@ -238,13 +245,37 @@ class DataPlane:
         with self.in_flight:
             return model.infer(request, call, self.regions.seen_by(call.shm_token))
 
-    def infer_bytes(self, request_bytes, call: Call) -> InferResponse:
-        """A ModelInferRequest in wire bytes: the model first (peek reads fields 1-2 only), then the body,
+    def infer_bytes(self, request_bytes, call: Call, model: Model | None = None) -> InferResponse:
+        """A ModelInferRequest in wire bytes: the model first (``model_of``, unless given), then the body,
         decoded under that model's bounds, so an unknown model or a hostile count costs nothing beyond the
         transport's receive (docs/resilience.md)."""
-        name, version = self.codec.peek_infer_request(request_bytes)
-        model = self.model(name, version)
+        if model is None:
+            model = self.model_of(request_bytes)
         return self.infer(model, self.codec.decode_infer_request(request_bytes, model.check_contents), call)
+
+    def infer_bytes_then(self, request_bytes, call: Call, model: Model,
+                         then: Callable[[InferResponse | None, BaseException | None], None]) -> None:
+        """``infer_bytes`` for a model that ``batches``, without waiting (``Model.infer_then``): the request
+        counts in flight until ``then`` has run."""
+        request = self.codec.decode_infer_request(request_bytes, model.check_contents)
+        self.in_flight.enter()
+
+        def done(response: InferResponse | None, error: BaseException | None) -> None:
+            try:
+                then(response, error)
+            finally:
+                self.in_flight.leave()
+
+        try:
+            model.infer_then(request, call, self.regions.seen_by(call.shm_token), done)
+        except BaseException:
+            self.in_flight.leave()
+            raise
+
+    def model_of(self, request_bytes) -> Model:
+        """The model a ModelInferRequest in wire bytes is for (the peek reads fields 1-2 only)."""
+        name, version = self.codec.peek_infer_request(request_bytes)
+        return self.model(name, version)
 
     def close(self) -> None:
         """Release what the data plane holds beyond the repository (shared-memory regions)."""

@@ -9,12 +9,20 @@ then initial metadata, the answer and the status in one. The answers are those o
 two front ends cannot answer differently.
 
 Pollers. A request's work (its model run) happens on the poller that received it; ONNX Runtime releases the
-GIL, so the other pollers go on. Before a poller starts such work it makes sure another one is polling (one
-is started if not), so health calls, cancellations and new calls keep flowing while models run. At most
-``--handler-threads`` requests are worked on at once; a request beyond that is parked, held by no thread,
-until a poller finishes its work and takes it. Pollers beyond one end after ``IDLE_EXIT_S`` without events.
+GIL, so the other pollers go on. Before a poller starts such work it makes sure another one is polling (a
+resting one is called, or one is started), so health calls, cancellations and new calls keep flowing while
+models run. At most ``--handler-threads`` requests are worked on at once, and at most a model's ``work_bound``
+of its own (one per instance); a request beyond either is parked, held by no thread, until a poller finishes
+work and takes it (its own model's first). A request to a model with a dynamic batcher is queued there and its
+poller goes on (``Rpc.later``): the batcher's thread that runs the batch answers it. A poller done with its
+work rests on a lock of its own while another polls: each thread waiting on the completion queue is one more
+that grpc core wakes. Both rules change where the process has one CPU (``single_cpu``): pollers do not rest,
+and a model's gate lets one request more through, to wait for the first instance freed. Pollers beyond one end
+after ``IDLE_EXIT_S`` idle.
 A request's feeds may be in scratch buffers it holds until its execution is over (``server/scratch.py``'s
-rule); its poller waits for the batch they are in before it answers or takes anything else.
+rule): a request run by its poller gives them back there once its run returned, a batched one on the
+batcher's thread once its batch ran or it left the queue. Once a burst is over, each poller that served it
+trims its own malloc arena (``Pollers.release_memory``).
 
 Admission (``--max-concurrent-rpcs``) counts a call from its start, before its request arrived, until its
 final batch completes; health calls are never counted. ``cygrpc`` is not grpcio's public API:
@@ -26,15 +34,19 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import grpc
 from grpc._cython import cygrpc
 from grpc_health.v1 import health_pb2
 
 from tensorwire.errors import NotFound, RequestError
+from tensorwire.server.allocator import thread_arena_trimmer
 from tensorwire.server.call import Call
 from tensorwire.server.dataplane import ADMISSION_REFUSED, Admission, DataPlane
 from tensorwire.server.grpc_methods import (
@@ -45,7 +57,9 @@ from tensorwire.server.grpc_methods import (
     SERVICE_PREFIX,
     UNARY,
     answer_infer,
+    answer_infer_then,
     answer_stream_request,
+    answer_stream_request_then,
     answer_unary,
     draining_stream_answer,
     health_statuses,
@@ -53,21 +67,25 @@ from tensorwire.server.grpc_methods import (
 )
 from tensorwire.server.grpc_options import channel_options, listen
 from tensorwire.server.grpc_reflect import reflection_methods
+from tensorwire.server.model import Model
 from tensorwire.server.security import refusal_details, restriction_table
 
 log = logging.getLogger("tensorwire.grpc")
 
 IDLE_EXIT_S = 10.0
+TICK_S = 1.0  # how often a poller without events looks up: whether to trim its arena, whether to end
 QUIESCE_S = 300.0  # longest wait, after a cut grace, for the model runs still going before the process exits
 # Calls requested from grpc core ahead of time, so that a burst of new calls never waits for a poller to ask.
 CALLS_REQUESTED = 32
 HEALTH_CHECK = f"/{HEALTH_SERVICE}/Check"
 HEALTH_WATCH = f"/{HEALTH_SERVICE}/Watch"
+GATED = frozenset((MODEL_INFER, MODEL_STREAM_INFER))  # methods whose requests wait for their model's gate
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 _NEW_CALL = "new call"
 _SHUTDOWN = "shutdown"
 _OK = cygrpc.StatusCode.ok
+LATER = object()  # what an answer function returns for a request handed to a dynamic batcher (Rpc.later)
 
 # What this module uses of cygrpc, checked at start (missing_pieces).
 REQUIRED = {
@@ -117,21 +135,27 @@ class Tally:
     def __init__(self) -> None:
         self._local = threading.local()
         self._cells: list[list[int]] = []
-        self._retired = [0, 0, 0, 0]  # the counts of threads that ended
+        self._shared = [0, 0, 0, 0]  # the counts of pollers that ended, and of other threads (under the lock)
         self._lock = threading.Lock()
+
+    def own_cell(self) -> None:
+        """Give the calling thread (a poller) a cell of its own, counted without the lock."""
+        cell = self._local.cell = [0, 0, 0, 0]
+        with self._lock:
+            self._cells.append(cell)
 
     def add(self, index: int, n: int = 1) -> None:
         try:
             cell = self._local.cell
-        except AttributeError:
-            cell = self._local.cell = [0, 0, 0, 0]
+        except AttributeError:  # not a poller (a batcher's thread answering, the health refresh): the lock
             with self._lock:
-                self._cells.append(cell)
+                self._shared[index] += n
+            return
         cell[index] += n
 
     def total(self, index: int) -> int:
         with self._lock:
-            return self._retired[index] + sum(cell[index] for cell in self._cells)
+            return self._shared[index] + sum(cell[index] for cell in self._cells)
 
     def retire_thread(self) -> None:
         """Fold the calling thread's counts into the totals (a poller that ends), so cells do not pile up."""
@@ -140,7 +164,7 @@ class Tally:
             return
         with self._lock:
             self._cells.remove(cell)
-            self._retired = [a + b for a, b in zip(self._retired, cell)]
+            self._shared = [a + b for a, b in zip(self._shared, cell)]
         del self._local.cell
 
     def pending_batches(self) -> int:
@@ -154,19 +178,46 @@ class Tally:
         return self.total(self.CALLS_OPENED) - closed
 
 
-class Pollers:
-    """The threads polling the completion queue, and the bound on requests worked on at once."""
+class Gate:
+    """One model version's share of the pollers: at most ``bound`` of its requests worked on at once (its
+    ``work_bound``); the others wait here in arrival order, held by no thread, until one of its own finishes."""
 
-    def __init__(self, queue: cygrpc.CompletionQueue, dispatch: Callable, limit: int) -> None:
+    __slots__ = ("bound", "working", "parked")
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.working = 0
+        self.parked: collections.deque[Callable[[], None]] = collections.deque()
+
+
+class Pollers:
+    """The threads polling the completion queue, and the bounds on requests worked on at once: ``limit`` in
+    all (--handler-threads) and each model's ``Gate``."""
+
+    def __init__(self, queue: cygrpc.CompletionQueue, dispatch: Callable, limit: int, rest: bool = True) -> None:
         self._queue = queue
         self._dispatch = dispatch
         self.limit = limit
+        self.rest = rest  # whether a poller done with its work rests while another polls (single_cpu says when)
         self._lock = threading.Lock()
         self.threads = 0
         self.working = 0  # pollers doing a request's work (at most ``limit``)
-        self._parked: collections.deque[Callable[[], None]] = collections.deque()
+        # Jobs past ``limit``, with their gates (whose slot they do not hold yet). A gate's own parked jobs
+        # imply jobs of it running, so "nothing works" is "nothing waits" too.
+        self._parked: collections.deque[tuple[Callable[[], None], Gate | None]] = collections.deque()
         self._done = threading.Condition(self._lock)
+        # Pollers at rest: each waits on a lock of its own, not on the queue, while another polls (every poller
+        # waiting on the queue is one more thread grpc core wakes: bench/results/peers/README.md).
+        self._resting: collections.deque[threading.Lock] = collections.deque()
+        self._local = threading.local()
+        self.on_start: Callable[[], None] = lambda: None  # run by a poller thread as it starts
         self.on_exit: Callable[[], None] = lambda: None  # run by a poller thread as it ends
+        self._away = 0  # requests handed to a dynamic batcher, not answered yet (Rpc.later)
+        self.trim_epoch = 0  # bumped when a burst is over (release_memory)
+        self._trim_arena = thread_arena_trimmer()
+
+    def _polling(self) -> int:  # with the lock held
+        return self.threads - self.working - len(self._resting)
 
     def start(self) -> None:
         with self._lock:
@@ -177,57 +228,153 @@ class Pollers:
         threading.Thread(target=self._poll, name="tensorwire-poller", daemon=True).start()
 
     def _poll(self) -> None:
-        """Take events until the queue shuts down; end early when idle and another poller is free (the
-        count drops in the same locked step that decides it, so ``work`` never sees a leaving poller)."""
+        """Take events until the queue shuts down; rest after a job while another poller polls; end early
+        when idle and another poller is free (the count drops in the same locked step that decides it, so
+        ``work`` never sees a leaving poller)."""
+        me = self._local.state = SimpleNamespace(rest=False, wake=threading.Lock(), idle_ticks=0, dirty=False,
+                                                 epoch=self.trim_epoch)
+        me.wake.acquire()  # held but while _wake calls this poller
+        self.on_start()
         while True:
-            event = self._queue.poll(time.time() + IDLE_EXIT_S)
+            event = self._queue.poll(time.time() + TICK_S)
             kind = event.completion_type
             if kind == cygrpc.CompletionType.queue_shutdown:
                 break
             if kind == cygrpc.CompletionType.queue_timeout:
-                with self._lock:
-                    if self.threads - self.working > 1:
-                        self._leave()
-                        return
+                if not self._idle_tick(me):
+                    return
                 continue
+            me.idle_ticks, me.dirty = 0, True
             try:
                 self._dispatch(event)
             except Exception:  # a poller never dies of one call
                 log.exception("internal error in the gRPC serving loop")
             event = None  # drop the call's references before waiting again
+            if me.epoch != self.trim_epoch:
+                self._trim(me)
+            if me.rest and not self._rest(me):
+                return
         with self._lock:
             self._leave()
+            while self._resting:  # they poll again, see the queue shut down and end
+                self._resting.pop().release()
+
+    def _idle_tick(self, me: SimpleNamespace) -> bool:
+        """A poller's look-up after TICK_S without events: trim its arena if asked; end (False) once idle for
+        IDLE_EXIT_S while another poller polls."""
+        me.idle_ticks += 1
+        leaving = me.idle_ticks * TICK_S >= IDLE_EXIT_S
+        self._trim(me, leaving)
+        if leaving:
+            with self._lock:
+                if self._polling() > 1:
+                    self._leave()
+                    return False
+        return True
+
+    def _rest(self, me: SimpleNamespace) -> bool:
+        """Wait until ``_wake`` calls this poller (True: poll again) or IDLE_EXIT_S pass (False: it ended).
+        ``me.wake`` is a lock held while the poller rests, released by ``_wake`` (C code, unlike an Event)."""
+        me.rest = False
+        with self._lock:
+            if self._polling() <= 1:  # the other poller went to work meanwhile
+                return True
+            self._resting.append(me.wake)
+        for tick in range(1, round(IDLE_EXIT_S / TICK_S) + 1):
+            if me.wake.acquire(timeout=TICK_S):
+                return True
+            self._trim(me, leaving=tick * TICK_S >= IDLE_EXIT_S)
+        with self._lock:
+            if me.wake in self._resting:  # not called: it ends
+                self._resting.remove(me.wake)
+                self._leave()
+                return False
+        return me.wake.acquire(blocking=False)  # called as the wait ran out: the release came, take it
+
+    def release_memory(self) -> None:
+        """A burst is over: each poller that served since trims its malloc arena's free top at its next look-up
+        (within TICK_S; only a thread can trim its own arena: server/allocator.py)."""
+        self.trim_epoch += 1
+
+    def _trim(self, me: SimpleNamespace, leaving: bool = False) -> None:
+        """Trim this poller's arena if it served since its last trim and a burst ended (or it is leaving)."""
+        if not leaving and me.epoch == self.trim_epoch:
+            return
+        me.epoch = self.trim_epoch
+        if me.dirty and self._trim_arena is not None:
+            me.dirty = False
+            self._trim_arena()
+
+    def _wake(self) -> None:
+        """With the lock held, once a poller took work: make sure one polls (call a resting one, or start one)."""
+        if self._polling() < 1:
+            if self._resting:
+                self._resting.pop().release()  # the latest to rest: its stack is the warmest
+            else:
+                self._spawn()
 
     def _leave(self) -> None:  # with the lock held
         self.threads -= 1
         self._done.notify_all()
         self.on_exit()
 
-    def work(self, job: Callable[[], None]) -> None:
-        """Run ``job`` (a request's work) on this poller, another one polling meanwhile; park it when
-        ``limit`` jobs already run. A poller that finishes a job takes the parked ones before it polls again."""
+    def work(self, job: Callable[[], None], gate: Gate | None = None) -> None:
+        """Run ``job`` (a request's work) on this poller, another one polling meanwhile; park it when its
+        gate's or all of ``limit`` slots are taken. A poller that finishes a job takes a parked one (its own
+        gate's first) before it polls again."""
         with self._lock:
+            if gate is not None and gate.working >= gate.bound:
+                gate.parked.append(job)
+                return
             if self.working >= self.limit:
-                self._parked.append(job)
+                self._parked.append((job, gate))
                 return
             self.working += 1
-            if self.threads - self.working < 1:
-                self._spawn()
+            if gate is not None:
+                gate.working += 1
+            self._wake()
         while job is not None:
             try:
                 job()
             except Exception:
                 log.exception("internal error in the gRPC serving loop")
             with self._lock:
-                job = self._parked.popleft() if self._parked else None
+                job, gate = self._next(gate)
                 if job is None:
                     self.working -= 1
                     self._done.notify_all()
+                    me = getattr(self._local, "state", None)  # None: not a poller (a batch refused inline)
+                    if me is not None and self.rest and self._polling() > 1:
+                        me.rest = True  # another polls: this one rests once its event is done
+
+    def _next(self, freed: Gate | None) -> tuple[Callable[[], None] | None, Gate | None]:
+        """With the lock held, after a job of gate ``freed`` ended: the job this poller takes next, its gate's
+        slot taken (the poller's own slot it keeps); (None, None) if none may run."""
+        if freed is not None:
+            if freed.parked:
+                return freed.parked.popleft(), freed
+            freed.working -= 1
+        while self._parked:
+            job, gate = self._parked.popleft()
+            if gate is None:
+                return job, None
+            if gate.working < gate.bound:
+                gate.working += 1
+                return job, gate
+            gate.parked.append(job)  # its model is busy: it waits for its model's turn instead
+        return None, None
+
+    def away(self, change: int) -> None:
+        """Count a request handed to a dynamic batcher (+1), or answered from there (-1)."""
+        with self._lock:
+            self._away += change
+            if not self._away:
+                self._done.notify_all()
 
     def idle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until no job runs or waits; whether that happened."""
+        """Wait up to ``timeout`` seconds until no job runs, waits or is away in a batcher; whether that happened."""
         with self._done:
-            return self._done.wait_for(lambda: self.working == 0 and not self._parked, timeout)
+            return self._done.wait_for(lambda: self.working == 0 and not self._parked and not self._away, timeout)
 
     def join(self, timeout: float) -> None:
         with self._done:
@@ -238,7 +385,7 @@ class Rpc:
     """One call: its receive-close state, the callbacks run when it ends, its admission, its final batch."""
 
     __slots__ = ("loop", "call", "method", "deadline", "metadata", "admitted", "ended", "initial_sent",
-                 "_callbacks", "_lock")
+                 "gated", "model", "waited_ns", "_callbacks", "_lock")
 
     def __init__(self, loop: CoreFrontend, event, method: str, admitted: bool) -> None:
         self.loop = loop
@@ -249,6 +396,9 @@ class Rpc:
         self.admitted = admitted
         self.ended = False
         self.initial_sent = False
+        self.gated = False  # its requests are ModelInfer requests, worked on under their model's gate
+        self.model: Model | None = None  # the model of the request being answered, when it was looked up
+        self.waited_ns = 0  # how long the request being answered waited for a poller
         self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         loop.call_opened()
@@ -296,7 +446,49 @@ class Rpc:
     def caller(self) -> Call:
         header = self.loop.plane.token_header  # the shared-memory token, read only where it is required
         token = None if header is None else next((v for k, v in self.metadata if k == header), None)
-        return Call.of_core(self.deadline, self.is_active, self.on_end, token)
+        return Call.of_core(self.deadline, self.is_active, self.on_end, token, self.waited_ns)
+
+    def work(self, request: bytes, respond: Callable[[bytes], None]) -> None:
+        """Have a poller run ``respond`` for ``request``: under its model's gate when the call is gated (the
+        model is looked up first; a lookup that fails is left to the answer, which raises it again)."""
+        model = gate = None
+        if self.gated:
+            try:
+                model = self.loop.plane.model_of(request)
+            except Exception:
+                pass
+            else:
+                gate = self.loop.gate(model)
+        received = time.perf_counter_ns()
+
+        def job() -> None:
+            self.model, self.waited_ns = model, time.perf_counter_ns() - received
+            respond(request)
+
+        self.loop.pollers.work(job, gate)
+
+    def later(self, start: Callable[[Callable[[bytes | None, BaseException | None], None]], None]) -> object:
+        """Hand this request to its model's dynamic batcher: ``start(then)`` queues it, holding no poller, and
+        ``then(answer, error)`` answers it from the batcher's thread (``_answered``). Counted away from the
+        pollers meanwhile, so that a stop waits for it. Returns LATER, for the answer function to return."""
+        pollers = self.loop.pollers
+        pollers.away(1)
+
+        def then(answer: bytes | None, error: BaseException | None) -> None:
+            try:
+                self._answered(answer, error)
+            finally:
+                pollers.away(-1)
+
+        try:
+            start(then)
+        except BaseException:
+            pollers.away(-1)
+            raise
+        return LATER
+
+    def _answered(self, answer: bytes | None, error: BaseException | None) -> None:
+        raise NotImplementedError  # the calls that take ModelInfer requests answer later
 
     def with_initial(self, operations: tuple) -> tuple:
         """``operations`` preceded by the initial metadata the first time the call sends anything."""
@@ -338,13 +530,20 @@ class Unary(Rpc):
         elif self.method in HEALTH_METHODS:
             self._respond(request)
         else:
-            self.loop.pollers.work(lambda: self._respond(request))
+            self.work(request, self._respond)
 
     def _respond(self, request: bytes) -> None:
         try:
             answer = self.answer(request, self)
         except Exception as exc:
             self.fail(exc)
+        else:
+            if answer is not LATER:
+                self.finish(message=answer)
+
+    def _answered(self, answer: bytes | None, error: BaseException | None) -> None:
+        if error is not None:
+            self.fail(error)
         else:
             self.finish(message=answer)
 
@@ -373,16 +572,28 @@ class Stream(Rpc):
         if request is None:
             self.finish()
         else:
-            self.loop.pollers.work(lambda: self._respond(request))
+            self.work(request, self._respond)
 
     def _respond(self, request: bytes) -> None:
         try:
             answer, last = self.answer(request, self)
         except Exception as exc:
+            self.forget_callbacks()
             self.fail(exc)
             return
-        finally:
+        if answer is not LATER:
+            self._send(answer, last)
+
+    def _answered(self, answer: bytes | None, error: BaseException | None) -> None:
+        if error is not None:
             self.forget_callbacks()
+            self.fail(error)
+        else:
+            self._send(answer, False)
+
+    def _send(self, answer: bytes, last: bool) -> None:
+        """Send a request's answer: the last one with the status, or with the next receive."""
+        self.forget_callbacks()
         if last:
             self.finish(message=answer)
         else:
@@ -482,6 +693,20 @@ class CoreFrontend:
         self._stopped = threading.Event()
         self._restrictions = restriction_table(plane.settings)
         self._methods = self._method_table()
+        # Each model version's gate; a model unloaded (and no longer referenced) takes its gate with it.
+        self._gates: weakref.WeakKeyDictionary[Model, Gate] = weakref.WeakKeyDictionary()
+        self.single_cpu = False  # whether the process runs on one CPU: set by ``start`` (see there)
+
+    def gate(self, model: Model) -> Gate | None:
+        """``model``'s gate (None: its requests are not bounded, a batcher's)."""
+        gate = self._gates.get(model)
+        if gate is None:
+            bound = model.work_bound
+            if bound is None:
+                return None
+            with self._lock:
+                gate = self._gates.setdefault(model, Gate(bound + self.single_cpu))
+        return gate
 
     def _method_table(self) -> dict[str, tuple[type[Rpc], Callable[[Rpc], Callable]]]:
         """Method path -> (the call's kind, a function of the call giving its answer function)."""
@@ -492,13 +717,20 @@ class CoreFrontend:
                 return answer_unary(plane, name, request, rpc.caller())
             methods[SERVICE_PREFIX + name] = (Unary, lambda _rpc, f=unary: f)
 
-        def infer(request: bytes, rpc: Rpc) -> bytes:
-            return answer_infer(plane, request, rpc.caller())
+        def infer(request: bytes, rpc: Rpc) -> bytes | object:
+            model = rpc.model
+            if model is not None and model.batches:  # it waits in the batcher's queue holding no poller
+                return rpc.later(lambda then: answer_infer_then(plane, request, rpc.caller(), model, then))
+            return answer_infer(plane, request, rpc.caller(), model)
 
-        def stream_infer(request: bytes, rpc: Rpc) -> tuple[bytes, bool]:
+        def stream_infer(request: bytes, rpc: Rpc) -> tuple[bytes | object, bool]:
             if plane.draining.is_set():
                 return draining_stream_answer(plane), True
-            return answer_stream_request(plane, request, rpc.caller()), False
+            model = rpc.model
+            if model is not None and model.batches:
+                return rpc.later(lambda then: answer_stream_request_then(
+                    plane, request, rpc.caller(), model, lambda answer: then(answer, None))), False
+            return answer_stream_request(plane, request, rpc.caller(), model), False
 
         methods[MODEL_INFER] = (Unary, lambda _rpc: infer)
         methods[MODEL_STREAM_INFER] = (Stream, lambda _rpc: stream_infer)
@@ -523,7 +755,14 @@ class CoreFrontend:
         self.port = listen(s, self._add_port)
         self._server.start()
         self.statuses = health_statuses(self.plane)
-        self.pollers = Pollers(self._queue, self._dispatch, s.handler_thread_count)
+        # Two choices measured opposite ways on one CPU and on several (bench/results/peers/README.md): on one,
+        # waking a resting poller, or the poller that freed an instance taking the next request itself, is a
+        # switch on that same core each time, so pollers do not rest and a gate lets one request more wait on
+        # the instance; on several, each idle poller on the queue and each hand-off through the instance costs
+        # more. Read here, after --cpu-affinity pinned the process.
+        self.single_cpu = len(os.sched_getaffinity(0)) == 1
+        self.pollers = Pollers(self._queue, self._dispatch, s.handler_thread_count, rest=not self.single_cpu)
+        self.pollers.on_start = self.tally.own_cell
         self.pollers.on_exit = self.tally.retire_thread
         for _ in range(CALLS_REQUESTED):
             self._request_call()
@@ -590,6 +829,7 @@ class CoreFrontend:
             return
         kind, answer_of = entry
         rpc = kind(self, event, method, admitted)
+        rpc.gated = method in GATED
         try:
             if kind is not Watch:
                 rpc.answer = answer_of(rpc)
@@ -633,6 +873,11 @@ class CoreFrontend:
             rpc.push(self.statuses)
 
     # -- stopping ----------------------------------------------------------------------------------------
+    def release_memory(self) -> None:
+        """After a burst: the pollers trim their malloc arenas (``Pollers.release_memory``)."""
+        if self.pollers is not None:
+            self.pollers.release_memory()
+
     def stop(self, grace: float) -> None:
         """Refuse new calls, give those in flight ``grace`` seconds, then cancel what is left. Health turns
         NOT_SERVING and Watch streams end, so they do not hold the drain."""

@@ -23,6 +23,7 @@ from tensorwire.errors import InvalidArgument, RequestError
 from tensorwire.proto.messages import InferResponse
 from tensorwire.server.call import ANY_CALLER, Call
 from tensorwire.server.dataplane import DRAINING, SERVER_NAME, DataPlane
+from tensorwire.server.model import Model
 from tensorwire.server.security import CATEGORIES
 
 log = logging.getLogger("tensorwire.grpc")
@@ -147,9 +148,27 @@ def answer_unary(plane: DataPlane, method: str, request_bytes: bytes, call: Call
     return answer(plane, request, call).SerializeToString()
 
 
-def answer_infer(plane: DataPlane, request_bytes, call: Call) -> bytes:
-    """ModelInfer: the response's wire bytes; RequestError on failure."""
-    return plane.codec.encode_infer_response(plane.infer_bytes(request_bytes, call))
+def answer_infer(plane: DataPlane, request_bytes, call: Call, model: Model | None = None) -> bytes:
+    """ModelInfer: the response's wire bytes; RequestError on failure (``model``: already looked up)."""
+    return plane.codec.encode_infer_response(plane.infer_bytes(request_bytes, call, model))
+
+
+def answer_infer_then(plane: DataPlane, request_bytes, call: Call, model: Model,
+                      then: Callable[[bytes | None, BaseException | None], None]) -> None:
+    """``answer_infer`` for a model that ``batches``, without waiting: ``then(answer bytes, None)`` or
+    ``then(None, error)`` once its batch ran (on the thread that ran it); raises what fails before it is queued."""
+    def encode(response: InferResponse | None, error: BaseException | None) -> None:
+        if error is None:
+            try:
+                answer = plane.codec.encode_infer_response(response)
+            except Exception as exc:
+                then(None, exc)
+                return
+            then(answer, None)
+        else:
+            then(None, error)
+
+    plane.infer_bytes_then(request_bytes, call, model, encode)
 
 
 def encode_stream_answer(plane: DataPlane, response: InferResponse | None, error: BaseException | None) -> bytes:
@@ -167,12 +186,29 @@ def draining_stream_answer(plane: DataPlane) -> bytes:
     return plane.codec.encode_stream_response(None, DRAINING)
 
 
-def answer_stream_request(plane: DataPlane, request_bytes, call: Call) -> bytes:
+def answer_stream_request(plane: DataPlane, request_bytes, call: Call, model: Model | None = None) -> bytes:
     """One request of ModelStreamInfer answered, in its wire form; never raises for a request's failure."""
     try:
-        return encode_stream_answer(plane, plane.infer_bytes(request_bytes, call), None)
+        return encode_stream_answer(plane, plane.infer_bytes(request_bytes, call, model), None)
     except Exception as exc:  # the stream goes on; the error travels in error_message
         return encode_stream_answer(plane, None, exc)
+
+
+def answer_stream_request_then(plane: DataPlane, request_bytes, call: Call, model: Model,
+                               then: Callable[[bytes], None]) -> None:
+    """``answer_stream_request`` for a model that ``batches``, without waiting: ``then(answer bytes)`` once
+    its batch ran, or at once if it failed before it was queued."""
+    def encode(response: InferResponse | None, error: BaseException | None) -> None:
+        try:
+            answer = encode_stream_answer(plane, response, error)
+        except Exception as exc:
+            answer = encode_stream_answer(plane, None, exc)
+        then(answer)
+
+    try:
+        plane.infer_bytes_then(request_bytes, call, model, encode)
+    except Exception as exc:
+        then(encode_stream_answer(plane, None, exc))
 
 
 def internal_message(exc: BaseException) -> str:

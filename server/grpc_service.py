@@ -167,6 +167,10 @@ class GrpcioFrontend:
         for service, status in health_statuses(self.plane).items():
             self.health.set(service, status)
 
+    def release_memory(self) -> None:
+        """After a burst: nothing more than the releaser's ``malloc_trim`` here (grpcio's pool threads take no
+        work of ours between calls, so they cannot trim their own arenas as the core loop's pollers do)."""
+
     def stop(self, grace: float) -> None:
         """Refuse new calls, give those in flight ``grace`` seconds, then cancel what is left."""
         self.health.enter_graceful_shutdown()

@@ -13,8 +13,10 @@ import math
 import re
 from pathlib import Path
 
+from tensorwire import proto as pb
 from tensorwire.errors import InvalidArgument, ModelLoadError
 from tensorwire.proto.datatypes import BY_CONFIG_ENUM
+from tensorwire.server.providers import gpu_possible
 from tensorwire.server.session import default_intra_op_threads
 from tensorwire.server.settings import ServerSettings
 
@@ -24,6 +26,7 @@ MAX_CONFIG_JSON_BYTES = 1 << 20
 # Letters, digits, '_', '-', '.'; not starting with '.' (no hidden directories, no '..').
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _SHOWN = 40
+CPU_INSTANCE_COUNT = 2  # Triton's default instance count for an ONNX Runtime model on CPU
 
 
 def quoted(name: str) -> str:
@@ -115,21 +118,25 @@ def _thread_parameter(cfg, key: str) -> int:
         raise ModelLoadError(f"model '{cfg.name}': parameter {key} must be an integer, got {quoted(text)}") from None
 
 
-def normalise_instance_groups(cfg) -> None:
-    """Triton's rule, applied before any bound is checked: a group's ``count`` below 1 means one instance and
-    no group means one group of one, so the bounds see what will be opened and ModelConfig reports it."""
+def normalise_instance_groups(cfg, gpu_possible: bool) -> None:
+    """Triton's rule (its SetDefaultInstanceCount), applied before any bound is checked, so the bounds see what
+    will be opened and ModelConfig reports it: no group means one group of kind KIND_AUTO; KIND_AUTO is
+    KIND_CPU where no GPU can run it; a ``count`` below 1 is 2 instances on CPU (what Triton gives ONNX
+    Runtime models: two requests run at once on a multi-core host) and 1 on a GPU."""
     if not cfg.instance_group:
-        cfg.instance_group.add(count=1)
+        cfg.instance_group.add(kind=pb.ModelInstanceGroup.KIND_AUTO)
     for group in cfg.instance_group:
+        if group.kind == pb.ModelInstanceGroup.KIND_AUTO and not gpu_possible:
+            group.kind = pb.ModelInstanceGroup.KIND_CPU
         if group.count < 1:
-            group.count = 1
+            group.count = CPU_INSTANCE_COUNT if group.kind == pb.ModelInstanceGroup.KIND_CPU else 1
 
 
-def check_config_limits(cfg, s: ServerSettings) -> None:
+def check_config_limits(cfg, s: ServerSettings, available_providers: list[str]) -> None:
     """Every costly value of ``cfg`` within the server's bounds (ModelLoadError, INVALID_ARGUMENT, if not);
-    ``cfg``'s instance groups are normalised first."""
+    ``cfg``'s instance groups are normalised first (``available_providers``: ONNX Runtime's)."""
     name = cfg.name
-    normalise_instance_groups(cfg)
+    normalise_instance_groups(cfg, gpu_possible(available_providers, s.providers))
     instances = sum(int(g.count) for g in cfg.instance_group)
     _at_most(name, "the instance count of instance_group", instances, s.limit_instance_count, "--limit-instance-count")
     for key in ("intra_op_thread_count", "inter_op_thread_count"):

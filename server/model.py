@@ -25,7 +25,7 @@ from tensorwire.proto.tensors import raw_from_array
 from tensorwire.server.call import ANY_CALLER, Call
 from tensorwire.server.model_config import ModelSpec
 from tensorwire.server.request_limits import DEFAULT_LIMITS, RequestLimits, ResponseBound
-from tensorwire.server.scheduler import Scheduler
+from tensorwire.server.scheduler import Execution, Scheduler
 from tensorwire.server.scratch import ScratchPool
 from tensorwire.server.shared_memory import NO_REGIONS, SharedMemoryRegistry
 from tensorwire.server.statistics import ModelStatistics, RequestTimes
@@ -80,43 +80,111 @@ class Model:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def work_bound(self) -> int | None:
+        """Requests of this model worth working on at once (its scheduler's); None: no bound."""
+        return self.scheduler.work_bound
+
+    @property
+    def batches(self) -> bool:
+        """Whether its requests wait in a dynamic batcher's queue (``infer_then`` parks them there)."""
+        return self.scheduler.work_bound is None
+
     def infer(self, request: InferRequest, call: Call = ANY_CALLER,
               regions: SharedMemoryRegistry = NO_REGIONS) -> InferResponse:
         """Prepare, schedule, package and record one request; a failure is recorded and raised. ``regions``:
         the server's shared-memory registry, for requests that name a region."""
-        start = time.perf_counter_ns()
+        serving = _Serving(request, call)
         self.stats.begin()  # before the retired check: a drain that saw no request pending saw this one's check
         if self._resolve is not None:
             self.stats.abandon()
             return self._resolve(request.model_name, request.model_version).infer(request, call, regions)
-        prep = None
+        self._prepare(serving, regions)
         try:
-            prep = (prepare_fast(request, self.lane, self.scratch)
-                    or prepare(request, self.spec, self.limits, regions, self.scratch))
-            bound = self.response_bound
-            if bound.before:  # only models whose largest static answer exceeds --max-message-mb
-                bound.check(prep)
-            prepared = time.perf_counter_ns()
-            execution = self.scheduler.execute(prep, call)
-            ran = time.perf_counter_ns()
-            if bound.after:  # dynamic output dims: the arrays' size, before anything is encoded
-                bound.check(prep, execution.outputs)
-            response = self._package(request, prep, execution.outputs)
+            execution = self.scheduler.execute(serving.prep, call)
         except BaseException as exc:
-            self.stats.record_failure(time.perf_counter_ns() - start, failure_reason(exc))
-            if self.access_rate and random.random() < self.access_rate:
-                self._access(request, getattr(exc, "code", grpc.StatusCode.INTERNAL).name, start)
+            self._fail(serving, exc)
             raise
-        finally:  # what the request held: its shared-memory leases and scratch buffers (execution is over)
-            if prep is not None:
-                _release(prep, self.scratch)
+        return self._complete(serving, execution)
+
+    def infer_then(self, request: InferRequest, call: Call, regions: SharedMemoryRegistry,
+                   then: Callable[[InferResponse | None, BaseException | None], None]) -> None:
+        """``infer`` for a model that ``batches``, without waiting: the request joins the batcher's queue and
+        the caller's thread goes on; ``then(response, None)`` or ``then(None, error)`` runs once its batch
+        ran or it left the queue, on the thread that ran the batch or dropped it. What fails before the
+        request is queued (its preparation, a full queue) is recorded and raised here, and ``then`` never runs."""
+        serving = _Serving(request, call)
+        self.stats.begin()
+        if self._resolve is not None:
+            self.stats.abandon()
+            successor = self._resolve(request.model_name, request.model_version)
+            if successor.batches:
+                successor.infer_then(request, call, regions, then)
+            else:  # reloaded without a batcher: served here, as its requests are
+                then(successor.infer(request, call, regions), None)
+            return
+        self._prepare(serving, regions)
+
+        def ran(execution: Execution | None, error: BaseException | None) -> None:
+            if error is not None:
+                self._fail(serving, error)
+                then(None, error)
+                return
+            try:
+                response = self._complete(serving, execution)
+            except BaseException as exc:
+                then(None, exc)
+                return
+            then(response, None)
+
+        try:
+            self.scheduler.submit(serving.prep, call, ran)
+        except BaseException as exc:
+            self._fail(serving, exc)
+            raise
+
+    def _prepare(self, serving: _Serving, regions: SharedMemoryRegistry) -> None:
+        """Validate the request and make its feeds (``serving.prep``); a refusal is recorded and raised."""
+        try:
+            serving.prep = (prepare_fast(serving.request, self.lane, self.scratch)
+                            or prepare(serving.request, self.spec, self.limits, regions, self.scratch))
+            if self.response_bound.before:  # only models whose largest static answer exceeds --max-message-mb
+                self.response_bound.check(serving.prep)
+        except BaseException as exc:
+            self._fail(serving, exc)
+            raise
+        serving.prepared = time.perf_counter_ns()
+
+    def _complete(self, serving: _Serving, execution: Execution) -> InferResponse:
+        """Package and record a request that ran; what it held is given back (its execution is over)."""
+        prep = serving.prep
+        ran = time.perf_counter_ns()
+        try:
+            if self.response_bound.after:  # dynamic output dims: the arrays' size, before anything is encoded
+                self.response_bound.check(prep, execution.outputs)
+            response = self._package(serving.request, prep, execution.outputs)
+        except BaseException as exc:
+            self._fail(serving, exc)
+            raise
+        _release(prep, self.scratch)
         end = time.perf_counter_ns()
-        times = RequestTimes(queue_ns=execution.queue_ns, compute_input_ns=prepared - start + execution.input_ns,
+        call = serving.call
+        times = RequestTimes(queue_ns=call.waited_ns + execution.queue_ns,
+                             compute_input_ns=serving.prepared - serving.begun + execution.input_ns,
                              compute_infer_ns=execution.infer_ns, compute_output_ns=end - ran)
-        self.stats.record_success(prep.batch_size, end - start, times)
+        self.stats.record_success(prep.batch_size, end - serving.start, times)
         if self.access_rate and random.random() < self.access_rate:
-            self._access(request, "OK", start, end)
+            self._access(serving.request, "OK", serving.start, end)
         return response
+
+    def _fail(self, serving: _Serving, exc: BaseException) -> None:
+        """Record a failed request and give back what it held (its execution is over, or never began)."""
+        if serving.prep is not None:
+            _release(serving.prep, self.scratch)
+            serving.prep = None
+        self.stats.record_failure(time.perf_counter_ns() - serving.start, failure_reason(exc))
+        if self.access_rate and random.random() < self.access_rate:
+            self._access(serving.request, getattr(exc, "code", grpc.StatusCode.INTERNAL).name, serving.start)
 
     def _access(self, request: InferRequest, status: str, start: int, end: int = 0) -> None:
         """One access-log line (sampled by --log-requests): model, version, status, latency, request id."""
@@ -156,6 +224,19 @@ class Model:
         drained = self.stats.wait_idle(drain_s)
         self.scheduler.close()
         return drained
+
+
+class _Serving:
+    """One request on its way through a model: what ``_complete`` and ``_fail`` need of its start."""
+
+    __slots__ = ("request", "call", "begun", "start", "prep", "prepared")
+
+    def __init__(self, request: InferRequest, call: Call) -> None:
+        self.request, self.call = request, call
+        self.begun = time.perf_counter_ns()
+        self.start = self.begun - call.waited_ns  # the request's time counts from its arrival, parked time included
+        self.prep: PreparedRequest | None = None
+        self.prepared = 0
 
 
 def _release(prep: PreparedRequest, scratch: ScratchPool) -> None:

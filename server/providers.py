@@ -30,6 +30,14 @@ class ProviderPlan:
         return [n for n, _ in self.providers]
 
 
+def gpu_possible(available: list[str], override: list[str]) -> bool:
+    """Whether a group of kind KIND_AUTO may run on a GPU: a GPU provider is installed and, where
+    ``--providers`` chooses, chosen (Triton's test is a GPU being present; ONNX Runtime's list is ours)."""
+    gpu = {TRT, CUDA}
+    wanted = {provider_name(p) for p in override} if override else gpu
+    return bool(gpu & wanted & set(available))
+
+
 def provider_name(alias: str) -> str:
     key = alias.strip()
     if key in (TRT, CUDA, CPU):

@@ -39,6 +39,7 @@ from tensorwire.server.model_config import (
     versions_to_load,
 )
 from tensorwire.server.scratch import ScratchPool
+from tensorwire.server.session import import_onnxruntime
 from tensorwire.server.settings import ServerSettings
 
 log = logging.getLogger("tensorwire.repository")
@@ -171,7 +172,7 @@ class ModelRepository:
         try:
             cfg = _config(name, model_dir, config_json)
             check_supported(cfg)
-            check_config_limits(cfg, self.settings)
+            check_config_limits(cfg, self.settings, import_onnxruntime().get_available_providers())
             available = version_dirs(model_dir)
             if not available:
                 raise ModelLoadError(f"model '{name}' has no version directory (e.g. {name}/1/model.onnx)")

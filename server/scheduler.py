@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -58,6 +59,10 @@ class Scheduler(Protocol):
     The deadline is checked here, and only here: right before an instance starts on the request.
     """
 
+    # Requests worth working on at once; a transport may park the rest holding no thread (the core loop does,
+    # server/grpc_core.py). None: no bound (a batcher fills its batches from the requests waiting in it).
+    work_bound: int | None
+
     def execute(self, prep: PreparedRequest, call: Call) -> Execution: ...
 
     def close(self) -> None: ...
@@ -79,6 +84,7 @@ class DirectScheduler:
         self._free: queue.SimpleQueue[Runner] = queue.SimpleQueue()
         for runner in runners:
             self._free.put(runner)
+        self.work_bound = len(runners)  # one request per instance can make progress at once
 
     def execute(self, prep: PreparedRequest, call: Call) -> Execution:
         t0 = time.perf_counter_ns()
@@ -113,10 +119,17 @@ class _Pending:
     taken: bool = False  # in a batch that is being formed or run
     result: Execution | None = None
     error: BaseException | None = None
+    # Set by ``submit``: run once with (result, error) when the request ran or left the queue; nobody waits.
+    then: Callable[[Execution | None, BaseException | None], None] | None = None
 
     def finish(self, result: Execution | None = None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
         self.done.set()
+        if self.then is not None:
+            try:
+                self.then(result, error)
+            except Exception:  # the batch's other requests are still answered
+                log.exception("internal error answering a request of a batch")
 
 
 _thread_state = threading.local()
@@ -161,7 +174,9 @@ class DynamicBatcher:
         self.preferred = sorted(s for s in preferred_batch_sizes if 0 < s <= max_batch_size)
         self.max_delay_ns = max_queue_delay_us * 1000
         self.max_queue_size = max_queue_size
+        self.work_bound = None
         self._queue: deque[_Pending] = deque()
+        self._dead: list[tuple[_Pending, BaseException]] = []  # dropped from the queue, to be failed (_drop_dead)
         self._idle: list[Runner] = list(runners)  # instances not running or forming a batch
         self._cond = threading.Condition()
         self._stopped = False
@@ -173,21 +188,7 @@ class DynamicBatcher:
     # -- request side ------------------------------------------------------------------------
     def execute(self, prep: PreparedRequest, call: Call) -> Execution:
         item = _Pending(prep, batch_key(prep), max(prep.batch_size, 1), call)
-        runner = None
-        with self._cond:
-            if self._stopped:
-                raise Unavailable(f"model '{self.name}' is being unloaded")
-            if len(self._queue) >= self.max_queue_size:
-                raise ResourceExhausted(
-                    f"model '{self.name}': queue is full ({self.max_queue_size} requests waiting); retry later"
-                )
-            self._queue.append(item)
-            if len(self._queue) == 1 and self._idle:
-                runner = self._idle.pop()  # idle batcher: this thread leads the batch
-            else:
-                self._cond.notify_all()
-        if call.on_end is not None and not call.on_end(lambda: self._caller_left(item)):
-            self._caller_left(item)  # the call had already ended
+        runner = self._enqueue(item, lead=True)
         if runner is not None:
             self._form_and_run(runner)
         if not item.done.wait(call.remaining()):
@@ -202,6 +203,36 @@ class DynamicBatcher:
             raise item.error
         assert item.result is not None
         return item.result
+
+    def submit(self, prep: PreparedRequest, call: Call,
+               then: Callable[[Execution | None, BaseException | None], None]) -> None:
+        """Queue a request and return at once: ``then(execution, None)`` or ``then(None, error)`` runs on the
+        worker that ran its batch, or on the thread that dropped it (its call ended: ``call.on_end``, which
+        such a caller must give, as the core loop's calls do; its deadline passed as a batch formed; the
+        model was unloaded). The caller's thread never waits, not even to lead a batch at low load (that
+        would hold it for the batch delay). Raises as ``execute`` does when the request cannot be queued."""
+        self._enqueue(_Pending(prep, batch_key(prep), max(prep.batch_size, 1), call, then=then), lead=False)
+
+    def _enqueue(self, item: _Pending, lead: bool) -> Runner | None:
+        """Queue ``item``; the runner its own thread leads a batch with (``lead``, and the batcher was idle),
+        else None. UNAVAILABLE when the model is being unloaded, RESOURCE_EXHAUSTED when the queue is full."""
+        runner = None
+        with self._cond:
+            if self._stopped:
+                raise Unavailable(f"model '{self.name}' is being unloaded")
+            if len(self._queue) >= self.max_queue_size:
+                raise ResourceExhausted(
+                    f"model '{self.name}': queue is full ({self.max_queue_size} requests waiting); retry later"
+                )
+            self._queue.append(item)
+            if lead and len(self._queue) == 1 and self._idle:
+                runner = self._idle.pop()  # idle batcher: this thread leads the batch
+            else:
+                self._cond.notify_all()
+        call = item.call
+        if call.on_end is not None and not call.on_end(lambda: self._caller_left(item)):
+            self._caller_left(item)  # the call had already ended
+        return runner
 
     def _caller_left(self, item: _Pending) -> None:
         """The call ended (cancelled or timed out; or answered, then this does nothing): a request still
@@ -219,17 +250,25 @@ class DynamicBatcher:
 
     # -- batch side --------------------------------------------------------------------------
     def _drop_dead(self) -> None:
-        """Remove expired, timed-out and cancelled requests from the queue (called under the lock)."""
+        """Move expired, timed-out and cancelled requests from the queue to ``_dead`` (called under the lock;
+        ``_answer_dead`` answers them once it is released)."""
         now = time.monotonic()
         keep: deque[_Pending] = deque()
         for it in self._queue:
             if it.abandoned or (it.call.is_active is not None and not it.call.is_active()):
-                it.finish(error=DeadlineExceeded("request cancelled or timed out while queued"))
+                self._dead.append((it, DeadlineExceeded("request cancelled or timed out while queued")))
             elif it.call.deadline is not None and now >= it.call.deadline:
-                it.finish(error=_expired(self.name))
+                self._dead.append((it, _expired(self.name)))
             else:
                 keep.append(it)
         self._queue = keep
+
+    def _answer_dead(self) -> None:
+        """Fail what ``_drop_dead`` took out of the queue, outside the lock (a ``submit`` request's answer runs)."""
+        with self._cond:
+            dead, self._dead = self._dead, []
+        for it, error in dead:
+            it.finish(error=error)
 
     def _form_batch(self) -> list[_Pending]:
         """With an instance in hand: the next batch from the queue head (empty if nothing is left).
@@ -266,6 +305,7 @@ class DynamicBatcher:
         try:
             with self._cond:
                 batch = self._form_batch()
+            self._answer_dead()
             if batch:
                 self._run_safely(runner, batch)
         finally:

@@ -209,10 +209,12 @@ class ServerSettings:
     handler_threads: int = setting(
         0, shown="0: as many as --max-concurrent-rpcs",
         help="requests worked on at once. With --grpc-frontend core: the poller threads that may run a model (a "
-        "request beyond them waits parked, holding no thread; a call waiting for its request or an idle stream "
-        "holds none either). With grpcio: handler threads, each held by a call from its start, also while its "
-        "client is still sending, its stream is idle or it waits in a batcher queue; with one per admitted call, "
-        "stalled clients never starve the others (docs/resilience.md)")
+        "request beyond them, or beyond what its model's instances can run, waits parked, holding no thread; a "
+        "request in a dynamic batcher's queue, a call waiting for its request or an idle stream holds none "
+        "either). With grpcio: handler threads, each "
+        "held by a call from its start, also while its client is still sending, its stream is idle or it waits "
+        "in a batcher queue; with one per admitted call, stalled clients never starve the others "
+        "(docs/resilience.md)")
     max_concurrent_rpcs: int = setting(
         1024, help="RPCs admitted at once, counted from the moment a call starts (stalled ones too); more are "
         "answered RESOURCE_EXHAUSTED")

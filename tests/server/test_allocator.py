@@ -53,3 +53,50 @@ def test_large_blocks_come_from_the_heap_once_tuned():
 
     assert probe("default") == (1, False)  # glibc's default: an 8 MiB block is its own mmap, unmapped on free
     assert probe("tuned") == (0, True)
+
+
+THREAD_PROBE = r"""
+import ctypes, threading
+from pathlib import Path
+from tensorwire.server.allocator import keep_large_blocks, thread_arena_trimmer
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss_mib():
+    status = Path("/proc/self/status").read_text()
+    return int(next(l.split()[1] for l in status.splitlines() if l.startswith("VmRSS:"))) // 1024
+
+assert keep_large_blocks() is True
+trim = thread_arena_trimmer()
+figures = []
+
+def serve_a_burst():  # a thread of its own, so its blocks are in an arena of its own, as a poller's are
+    blocks = [libc.malloc(16 << 20) for _ in range(3)]
+    for block in blocks:
+        ctypes.memset(block, 1, 16 << 20)
+    for block in blocks:
+        libc.free(block)
+    figures.append(rss_mib())
+    libc.malloc_trim(0)
+    figures.append(rss_mib())
+    trim()
+    figures.append(rss_mib())
+
+thread = threading.Thread(target=serve_a_burst)
+thread.start()
+thread.join()
+print(*figures)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the arena trim is glibc's (mallopt, malloc_trim)")
+def test_a_thread_gives_its_arenas_free_top_back():
+    """48 MiB freed by a thread stay in its arena's top (under the raised trim threshold, and malloc_trim does
+    not reach a thread arena's top); the thread's own trim gives them back."""
+    out = subprocess.run([sys.executable, "-c", THREAD_PROBE], capture_output=True, text=True, check=True)
+    freed, after_malloc_trim, after_own_trim = map(int, out.stdout.split())
+    assert after_malloc_trim - after_own_trim >= 40, out.stdout
+    assert freed - after_own_trim >= 40, out.stdout

@@ -213,11 +213,10 @@ def test_triton_repository_copy_loads_unchanged(tmp_path, test_repository):
 
 
 def test_expired_deadline_is_not_computed(tmp_path, frontend):
-    """With the one handler thread busy, a request with a 0.3 s deadline expires while it waits: the client
-    gets DEADLINE_EXCEEDED and the server never runs the model for it (a later request, served after it
-    by the same thread, is)."""
+    """With the one instance busy, a request with a 0.3 s deadline expires while it waits: the client gets
+    DEADLINE_EXCEEDED and the server never runs the model for it (a later request, served after it, is)."""
     repo = tmp_path / "models"
-    write_model(repo, "slow", _slow_model(), "max_batch_size: 0\n")
+    write_model(repo, "slow", _slow_model(), "max_batch_size: 0\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n")
     with start_server(repo, "--grpc-frontend", frontend, "--handler-threads", "1", *LIVE_METRICS) as s:
         c = grpcclient.InferenceServerClient(s.address)
         x = np.ones((2048, 512), np.float32)

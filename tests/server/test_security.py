@@ -161,13 +161,46 @@ def test_costly_overrides_are_refused_before_they_cost_anything(repo):
 
 
 def test_instance_groups_are_normalised_as_triton_does(repo):
-    """A group without a count (or below 1) is one instance, and ModelConfig reports the counts opened."""
+    """A group without a count (or below 1) is two instances on CPU (Triton's default for ONNX Runtime), a
+    group without a kind runs on CPU where no GPU provider is installed, and ModelConfig reports what opened."""
+    import onnxruntime
+
+    from tensorwire.server.providers import gpu_possible
+
+    cpu_count = 1 if gpu_possible(onnxruntime.get_available_providers(), []) else 2
     with start_server(repo, *EXPLICIT) as s:
         c = grpcclient.InferenceServerClient(s.address)
         c.load_model("add_sub", config=json.dumps({"instance_group": [{"kind": "KIND_CPU"}, {"count": -3}]}))
         groups = c.get_model_config("add_sub", as_json=True)["config"]["instance_group"]
-        assert [int(g["count"]) for g in groups] == [1, 1]
+        assert [int(g["count"]) for g in groups] == [2, cpu_count]
         assert c.infer("add_sub", _inputs()).as_numpy("OUTPUT0")[0, 0] == 2.0
+        c.load_model("add_sub", config=json.dumps({"max_batch_size": 8}))
+        groups = c.get_model_config("add_sub", as_json=True)["config"]["instance_group"]
+        assert [(int(g["count"]), g["kind"]) for g in groups] == (
+            [(2, "KIND_CPU")] if cpu_count == 2 else [(1, "KIND_AUTO")])
+        assert c.infer("add_sub", _inputs()).as_numpy("OUTPUT0")[0, 0] == 2.0
+
+
+@pytest.mark.parametrize("group, gpu, expected", [
+    ({}, False, (2, "KIND_CPU")), ({}, True, (1, "KIND_AUTO")),
+    ({"kind": "KIND_CPU"}, True, (2, "KIND_CPU")), ({"kind": "KIND_GPU"}, True, (1, "KIND_GPU")),
+    ({"kind": "KIND_GPU"}, False, (1, "KIND_GPU")), ({"count": 3}, False, (3, "KIND_CPU")),
+    ({"count": 3, "kind": "KIND_GPU"}, True, (3, "KIND_GPU"))])
+def test_the_default_instance_count_is_tritons(group, gpu, expected):
+    """Triton's SetDefaultInstanceCount for the onnxruntime backend: 2 on CPU, 1 on a GPU, a count kept."""
+    from google.protobuf import json_format
+
+    from tensorwire import proto as pb
+    from tensorwire.server.limits import normalise_instance_groups
+
+    cfg = json_format.ParseDict({"instance_group": [group]}, pb.ModelConfig())
+    normalise_instance_groups(cfg, gpu)
+    (only,) = cfg.instance_group
+    assert (only.count, pb.ModelInstanceGroup.Kind.Name(only.kind)) == expected
+    bare = pb.ModelConfig()
+    normalise_instance_groups(bare, gpu)
+    assert [(g.count, g.kind) for g in bare.instance_group] == [
+        (1, pb.ModelInstanceGroup.KIND_AUTO) if gpu else (2, pb.ModelInstanceGroup.KIND_CPU)]
 
 
 def test_a_costly_config_on_disk_is_refused_too(tmp_path):

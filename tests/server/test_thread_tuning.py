@@ -68,7 +68,10 @@ def test_the_faster_session_wins_and_slow_models_keep_the_pool():
     assert n == 4 and single.calls == 0 and "large enough for the pool" in why
 
 
-def _repository(tmp_path: Path, models: dict, config: str = "max_batch_size: 8\n") -> Path:
+ONE_INSTANCE = "max_batch_size: 8\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n"  # the timed case: one session
+
+
+def _repository(tmp_path: Path, models: dict, config: str = ONE_INSTANCE) -> Path:
     for name, model in models.items():
         (tmp_path / name / "1").mkdir(parents=True)
         onnx.save(model, str(tmp_path / name / "1" / "model.onnx"))
