@@ -157,9 +157,10 @@ def batch_key(prep: PreparedRequest) -> tuple:
 class DynamicBatcher:
     """A bounded queue in front of a pool of instances.
 
-    One worker thread per instance forms and runs batches. At low load a request that arrives to an
-    idle batcher (empty queue, a free instance) forms and runs its batch on its own thread instead,
-    which saves two thread hand-offs; requests that arrive meanwhile join that batch as usual.
+    One worker thread per instance, and one more, form and run batches. At low load a request that ``execute``s
+    on an idle batcher (empty queue, a free instance) forms and runs its batch on its own thread instead, which
+    saves two thread hand-offs; requests that arrive meanwhile join that batch as usual. A request that is
+    ``submit``ted never waits on its thread: a worker runs its batch and answers it.
     """
 
     def __init__(self, name: str, runners: list[Runner], stats: ModelStatistics, max_batch_size: int,
@@ -180,8 +181,10 @@ class DynamicBatcher:
         self._idle: list[Runner] = list(runners)  # instances not running or forming a batch
         self._cond = threading.Condition()
         self._stopped = False
+        # One worker more than instances: while one answers the requests of the batch it ran (submit's), another
+        # takes the freed instance.
         self._threads = [threading.Thread(target=self._worker, name=f"batcher-{name}-{i}", daemon=True)
-                         for i in range(len(runners))]
+                         for i in range(len(runners) + 1)]
         for t in self._threads:
             t.start()
 
@@ -209,9 +212,13 @@ class DynamicBatcher:
         """Queue a request and return at once: ``then(execution, None)`` or ``then(None, error)`` runs on the
         worker that ran its batch, or on the thread that dropped it (its call ended: ``call.on_end``, which
         such a caller must give, as the core loop's calls do; its deadline passed as a batch formed; the
-        model was unloaded). The caller's thread never waits, not even to lead a batch at low load (that
-        would hold it for the batch delay). Raises as ``execute`` does when the request cannot be queued."""
-        self._enqueue(_Pending(prep, batch_key(prep), max(prep.batch_size, 1), call, then=then), lead=False)
+        model was unloaded). The caller's thread never waits for other requests: it leads a batch on an idle
+        batcher only when the batch runs at once (eager batching, or no delay), so all it waits on is the
+        model's run. Raises as ``execute`` does when the request cannot be queued."""
+        item = _Pending(prep, batch_key(prep), max(prep.batch_size, 1), call, then=then)
+        runner = self._enqueue(item, lead=self.eager or not self.max_delay_ns)
+        if runner is not None:
+            self._form_and_run(runner)
 
     def _enqueue(self, item: _Pending, lead: bool) -> Runner | None:
         """Queue ``item``; the runner its own thread leads a batch with (``lead``, and the batcher was idle),
@@ -300,18 +307,23 @@ class DynamicBatcher:
             self._cond.wait((self.max_delay_ns - waited) / 1e9)
 
     def _form_and_run(self, runner: Runner) -> None:
-        """Form one batch with ``runner`` held, run it, and give the runner back."""
+        """Form one batch with ``runner`` held, run it, give the runner back, then answer the batch's requests
+        (after: a request answered from here, ``submit``'s, is packaged and sent on this thread, and the
+        instance need not wait for that; another worker takes it meanwhile)."""
         _precise_timers()
+        results: list[tuple[_Pending, Execution | None, BaseException | None]] = []
         try:
             with self._cond:
                 batch = self._form_batch()
             self._answer_dead()
             if batch:
-                self._run_safely(runner, batch)
+                results = self._run_safely(runner, batch)
         finally:
             with self._cond:
                 self._idle.append(runner)
                 self._cond.notify_all()
+        for item, execution, error in results:
+            item.finish(execution, error)
 
     def _worker(self) -> None:
         while True:
@@ -323,17 +335,18 @@ class DynamicBatcher:
                 runner = self._idle.pop()
             self._form_and_run(runner)
 
-    def _run_safely(self, runner: Runner, batch: list[_Pending]) -> None:
+    def _run_safely(self, runner: Runner, batch: list[_Pending]
+                    ) -> list[tuple[_Pending, Execution | None, BaseException | None]]:
+        """Each request of the batch with its share of the outputs, or with the error the batch failed with
+        (a batch never takes its thread down)."""
         try:
-            self._run(runner, batch)
-        except BaseException as exc:  # never let a batch take its thread down: fail it, keep serving
+            return self._run(runner, batch)
+        except BaseException as exc:
             log.exception("batch of model '%s' failed", self.name)
             err = exc if isinstance(exc, RequestError) else Internal(f"{type(exc).__name__}: {exc}")
-            for it in batch:
-                if not it.done.is_set():
-                    it.finish(error=err)
+            return [(it, None, err) for it in batch]
 
-    def _run(self, runner: Runner, batch: list[_Pending]) -> None:
+    def _run(self, runner: Runner, batch: list[_Pending]) -> list[tuple[_Pending, Execution, None]]:
         start = time.perf_counter_ns()
         names = batch[0].prep.output_names
         if len(batch) == 1:
@@ -344,13 +357,14 @@ class DynamicBatcher:
         outputs = runner(feeds, names)
         t_run = time.perf_counter_ns()
         total = sum(it.rows for it in batch)
-        offset = 0
+        offset, results = 0, []
         for it in batch:
             part = [o[offset:offset + it.rows] for o in outputs] if len(batch) > 1 else list(outputs)
             offset += it.rows
-            it.finish(Execution(part, total, queue_ns=start - it.enqueued_ns, input_ns=t_in - start,
-                                infer_ns=t_run - t_in))
+            results.append((it, Execution(part, total, queue_ns=start - it.enqueued_ns, input_ns=t_in - start,
+                                          infer_ns=t_run - t_in), None))
         self.stats.record_execution(total, RequestTimes(compute_input_ns=t_in - start, compute_infer_ns=t_run - t_in))
+        return results
 
     def close(self) -> None:
         with self._cond:
