@@ -125,6 +125,9 @@ class TensorwireServer:
         self.plane.draining.set()
         started, finished = self.plane.in_flight.snapshot()
         left = self._let_answers_out(grace)
+        # What is unfinished now, when the grace is over, is cut: the transports cancel it (a queued request is
+        # then answered at once, a model run goes on but its answer is dropped).
+        still_started, still_finished = self.plane.in_flight.snapshot()
         if self.http is not None:  # both drain at once: each gets what is left of the grace
             stopping = threading.Thread(target=self.http.stop, args=(left,), name="tensorwire-http-stop")
             stopping.start()
@@ -132,8 +135,7 @@ class TensorwireServer:
             stopping.join()
         else:
             self.grpc.stop(left)
-        still_started, still_finished = self.plane.in_flight.snapshot()
-        cut = still_started - still_finished  # cancelled when the grace ran out
+        cut = still_started - still_finished
         self.repository.close()
         self.plane.close()
         self.background.close()

@@ -57,12 +57,23 @@ class RepositoryEntry:
 
 
 class InFlight:
-    """Inference requests being served, counted so that shutdown can say what its grace let finish."""
+    """Inference requests being served, counted so that shutdown can say what its grace let finish. A request a
+    transport holds back before it reaches its model (the core loop's parked requests: ``wait_begin``, then
+    ``wait_end`` as it goes on to its model, where ``enter`` counts it) counts as started meanwhile."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self.started = 0
         self.finished = 0
+        self.waiting = 0
+
+    def wait_begin(self) -> None:
+        with self._lock:
+            self.waiting += 1
+
+    def wait_end(self) -> None:
+        with self._lock:
+            self.waiting -= 1
 
     def enter(self) -> None:
         with self._lock:
@@ -81,13 +92,14 @@ class InFlight:
         self.leave()
 
     def wait_idle(self, timeout_s: float) -> bool:
-        """Until no request is being served (True), or ``timeout_s`` passed (False)."""
+        """Until no request is being served or held back (True), or ``timeout_s`` passed (False)."""
         with self._lock:
-            return self._lock.wait_for(lambda: self.finished == self.started, timeout_s)
+            return self._lock.wait_for(lambda: self.finished == self.started and not self.waiting, timeout_s)
 
     def snapshot(self) -> tuple[int, int]:
+        """(requests started, held back ones included; requests finished)."""
         with self._lock:
-            return self.started, self.finished
+            return self.started + self.waiting, self.finished
 
 
 class Admission:

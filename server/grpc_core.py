@@ -318,16 +318,21 @@ class Pollers:
         self._done.notify_all()
         self.on_exit()
 
-    def work(self, job: Callable[[], None], gate: Gate | None = None) -> None:
+    def work(self, job: Callable[[], None], gate: Gate | None = None,
+             on_park: Callable[[], None] | None = None) -> None:
         """Run ``job`` (a request's work) on this poller, another one polling meanwhile; park it when its
-        gate's or all of ``limit`` slots are taken. A poller that finishes a job takes a parked one (its own
-        gate's first) before it polls again."""
+        gate's or all of ``limit`` slots are taken (``on_park`` runs then, before any poller can take it). A
+        poller that finishes a job takes a parked one (its own gate's first) before it polls again."""
         with self._lock:
             if gate is not None and gate.working >= gate.bound:
                 gate.parked.append(job)
+                if on_park is not None:
+                    on_park()
                 return
             if self.working >= self.limit:
                 self._parked.append((job, gate))
+                if on_park is not None:
+                    on_park()
                 return
             self.working += 1
             if gate is not None:
@@ -460,12 +465,20 @@ class Rpc:
             else:
                 gate = self.loop.gate(model)
         received = time.perf_counter_ns()
+        in_flight = self.loop.plane.in_flight
+        parked = []  # [True] once parked: counted in flight while it waits (a stop's grace waits for it too)
 
         def job() -> None:
+            if parked:
+                in_flight.wait_end()
             self.model, self.waited_ns = model, time.perf_counter_ns() - received
             respond(request)
 
-        self.loop.pollers.work(job, gate)
+        def on_park() -> None:
+            parked.append(True)
+            in_flight.wait_begin()
+
+        self.loop.pollers.work(job, gate, on_park)
 
     def later(self, start: Callable[[Callable[[bytes | None, BaseException | None], None]], None]) -> object:
         """Hand this request to its model's dynamic batcher: ``start(then)`` queues it, holding no poller, and

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import onnx
-from clients import wait_until
+from clients import wait_for_pending, wait_until
 from grpc._cython import cygrpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from models import ADD_SUB_CONFIG, add_sub_model, write_model
@@ -270,3 +270,30 @@ def test_requests_in_a_batchers_queue_hold_no_poller(tmp_path):
     for value, answer in zip(range(1, 9), answers):
         np.testing.assert_array_equal(answer, np.full((1, 16), value + 1, np.float32))
     assert (stats.inference_count, stats.execution_count, stats.inference_stats.fail.count) == (8, 1, 1)
+
+
+def test_a_stop_answers_what_waits_in_a_batchers_queue(tmp_path):
+    """Two ModelInfer calls and a stream request wait in a batcher's queue (10 s delay) when SIGTERM comes with a
+    0.2 s grace: the grace cuts them, each call gets an error, none hangs, and the process exits 0 saying so (a
+    request answered from the batcher's thread after the completion queue closed would abort it)."""
+    import queue
+
+    import tritonclient.grpc as tc
+
+    config = ADD_SUB_CONFIG + "dynamic_batching { max_queue_delay_microseconds: 10000000 }\n"
+    repo = write_model(tmp_path / "models", "add_sub", add_sub_model(), config).parent
+    with start_server(repo, "--shutdown-grace=0.2") as server, tc.InferenceServerClient(server.address) as client:
+        answers: queue.Queue = queue.Queue()
+        for value in (1, 2):
+            client.async_infer("add_sub", _add_sub_inputs(value), lambda result, error: answers.put(error),
+                               client_timeout=120)
+        with tc.InferenceServerClient(server.address) as streaming:
+            streaming.start_stream(callback=lambda result, error: answers.put(error))
+            streaming.async_stream_infer("add_sub", _add_sub_inputs(3))
+            wait_for_pending(server, "add_sub", 3)
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=60) == 0
+            errors = [answers.get(timeout=60) for _ in range(3)]
+    assert all(error is not None for error in errors), errors
+    last = server.log().strip().splitlines()[-1]
+    assert "were cut by the 0.2 s grace" in last, last

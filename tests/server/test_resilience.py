@@ -150,6 +150,8 @@ def test_shutdown_report_says_what_the_grace_cut(tmp_path, frontend):
     assert any(e is not None for e in errors)
     last = s.log().strip().splitlines()[-1]
     assert "were cut by the 0.2 s grace" in last and "stopped cleanly" not in last, last
+    # the three waiting for the instance count, also where they wait parked (the core loop)
+    assert "of 4 request(s) in flight at the stop" in last, last
 
 
 def _idle_streams(address: str, connections: int, streams: int, release: threading.Event) -> list:
