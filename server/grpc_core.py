@@ -472,7 +472,10 @@ class Rpc:
             if parked:
                 in_flight.wait_end()
             self.model, self.waited_ns = model, time.perf_counter_ns() - received
-            respond(request)
+            try:
+                respond(request)
+            finally:
+                self.model = None  # a stream lives on: it must not keep an unloaded model's sessions
 
         def on_park() -> None:
             parked.append(True)
