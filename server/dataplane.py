@@ -58,8 +58,8 @@ class RepositoryEntry:
 
 class InFlight:
     """Inference requests being served, counted so that shutdown can say what its grace let finish. A request a
-    transport holds back before it reaches its model (the core loop's parked requests: ``wait_begin``, then
-    ``wait_end`` as it goes on to its model, where ``enter`` counts it) counts as started meanwhile."""
+    transport holds back before it reaches its model (the core loop's parked requests: ``hold(1)``, then
+    ``hold(-1)`` as it goes on to its model, where ``enter`` counts it) counts as started meanwhile."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
@@ -67,13 +67,10 @@ class InFlight:
         self.finished = 0
         self.waiting = 0
 
-    def wait_begin(self) -> None:
+    def hold(self, change: int) -> None:
+        """+1: a transport holds a request back before its model; -1: the request goes on to its model."""
         with self._lock:
-            self.waiting += 1
-
-    def wait_end(self) -> None:
-        with self._lock:
-            self.waiting -= 1
+            self.waiting += change
 
     def enter(self) -> None:
         with self._lock:

@@ -470,7 +470,7 @@ class Rpc:
 
         def job() -> None:
             if parked:
-                in_flight.wait_end()
+                in_flight.hold(-1)
             self.model, self.waited_ns = model, time.perf_counter_ns() - received
             try:
                 respond(request)
@@ -479,7 +479,7 @@ class Rpc:
 
         def on_park() -> None:
             parked.append(True)
-            in_flight.wait_begin()
+            in_flight.hold(1)
 
         self.loop.pollers.work(job, gate, on_park)
 
