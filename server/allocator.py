@@ -77,11 +77,11 @@ def thread_arena_trimmer() -> Callable[[], None] | None:
     """A function that gives back the free top of the calling thread's malloc arena, or None (not glibc, or
     :func:`keep_large_blocks` did not raise the threshold: glibc's own then trims on free).
 
-    ``malloc_trim`` releases free blocks inside every arena but the top of the main one only; a thread's arena
-    gives its top back on a free past the trim threshold, which :func:`keep_large_blocks` raises to a whole
-    arena heap. So the thread lowers the threshold for one free of its own (which trims its arena's top), then
-    restores it. Run by a thread once the burst it served is over, never per request: the memory it gives back
-    is what the next large request would page-fault in again.
+    ``malloc_trim`` releases the free blocks inside every arena, and of the arenas' tops only the main one's; a
+    thread's arena gives its top back on a free past the trim threshold, which :func:`keep_large_blocks` raises
+    to a whole arena heap. So the thread lowers the threshold for one free of its own (which trims its arena's
+    top), then restores it. Run by a thread once the burst it served is over, never per request: the memory it
+    gives back is what the next large request would page-fault in again.
     """
     libc = _libc() if _tuned else None
     if libc is None:
