@@ -30,7 +30,6 @@ import numpy as np
 from tensorwire.bench import arguments, load, machine, procstat, timing
 from tensorwire.bench.report import write_payload
 
-DEFAULT_OUT = Path("bench/results/cpu")
 DEFAULT_VARIANTS = ["default="]
 
 
@@ -223,7 +222,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=3.0, help="seconds per level (default 3)")
     p.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per level (default 0.5)")
     p.add_argument("--no-streaming", action="store_true", help="unary only (default: unary and streaming)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"result directory (default: {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, help="result directory, e.g. bench/results/cpu (default: print only)")
     p.add_argument("--quick", action="store_true", help="1 round, 0.5 s levels (a smoke run)")
 
 

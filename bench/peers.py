@@ -34,7 +34,6 @@ from tensorwire.bench import machine, peer_triton, procstat
 from tensorwire.bench.report import write_payload
 from tensorwire.bench.triton_perf import DEFAULT_PERF_ANALYZER, Case, run_case
 
-DEFAULT_OUT = Path("bench/results/peers")
 PEERS = ("tensorwire", "tensorwire-grpcio", "grpcio60", "triton")
 CASES = [Case("mlp_c8", "mlp", 1, 8), Case("mlp_c1", "mlp", 1, 1), Case("conv_c1", "conv", 1, 1)]
 # perf_analyzer's per-step columns (us): the client's, and the server's own from its ModelStatistics.
@@ -266,7 +265,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--triton", type=Path, default=peer_triton.DEFAULT_TRITON,
                    help=f"Triton's directory (default: {peer_triton.DEFAULT_TRITON}; "
                    "bash bench/triton_env.sh builds it)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"result directory (default: {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, help="result directory, e.g. bench/results/peers (default: print only)")
     p.add_argument("--quick", action="store_true", help="1 round, 500 ms windows, 3 trials (a smoke run)")
 
 

@@ -102,8 +102,12 @@ def write_rows(rows: list[dict[str, Any]], table: str, out: Path, stem: str) -> 
     (out / f"{stem}.md").write_text(table + "\n")
 
 
-def write_payload(payload: dict[str, Any], text: str, out: Path, stem: str) -> None:
-    """A benchmark's ``stem.json`` (the whole payload) and ``stem.md`` (its table), printed and said where."""
+def write_payload(payload: dict[str, Any], text: str, out: Path | None, stem: str) -> None:
+    """A benchmark's ``stem.json`` (the whole payload) and ``stem.md`` (its table), printed and said where; only
+    printed without ``out`` (a run to look at never replaces a record in bench/results/)."""
+    if out is None:
+        print(text)
+        return
     out.mkdir(parents=True, exist_ok=True)
     write_json(payload, out / f"{stem}.json")
     (out / f"{stem}.md").write_text(text)

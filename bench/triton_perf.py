@@ -36,7 +36,6 @@ if TYPE_CHECKING:  # onnx is imported where a model is built: `tensorwire --help
     pass
 
 DEFAULT_PERF_ANALYZER = Path("/work/venv-pa/bin/perf_analyzer")
-DEFAULT_OUT = Path("bench/results/triton_perf")
 CONV_OUTPUT_BYTES = 16 * 4  # [16] FP32 per batch item
 
 
@@ -399,7 +398,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="extra `tensorwire serve` argument, repeatable, e.g. --server-arg=--intra-op-spinning "
                    "(default: none)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"result directory (default: {DEFAULT_OUT})")
+    p.add_argument("--out", type=Path, help="result directory, e.g. bench/results/triton_perf (default: print only)")
     p.add_argument("--quick", action="store_true", help="1 round, 500 ms windows, 3 trials (a smoke run)")
 
 

@@ -350,3 +350,18 @@ def test_bench_report_redraws_committed_results_without_measuring(tmp_path):
         # the committed markdown is exactly what the committed JSON renders to
         assert (out / f"{kind}.md").read_text() == (RESULTS / kind / f"{kind}.md").read_text()
     assert main(["bench", "report", "--from", str(RESULTS / "fastpath" / "codec.json")]) == 2
+
+
+@pytest.mark.parametrize("bench", ["peers", "cpu", "triton-perf"])
+def test_a_record_is_written_only_where_out_says(bench, tmp_path, capsys, monkeypatch):
+    """Without --out a bench prints its table and writes nothing: a look at one case never replaces the record
+    in bench/results/ (the commands in the records' READMEs pass --out)."""
+    with pytest.raises(SystemExit):
+        main(["bench", bench, "--help"])
+    assert "(default: print only)" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.chdir(tmp_path)
+    report.write_payload({"kind": bench}, "the table", None, bench)
+    assert capsys.readouterr().out == "the table\n"
+    assert list(tmp_path.iterdir()) == []
+    report.write_payload({"kind": bench}, "the table", tmp_path / "out", bench)
+    assert json.loads((tmp_path / "out" / f"{bench}.json").read_text())["kind"] == bench
