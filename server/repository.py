@@ -55,17 +55,19 @@ class ModelEntry:
     versions: dict[str, Model] = field(default_factory=dict)
     # version ("" when the config itself failed) -> why its last load failed, while other versions serve
     failed: dict[str, str] = field(default_factory=dict)
-    # (versions dict, its newest model): ``versions`` is replaced, never changed in place, so the
-    # newest is found once per load instead of once per request.
-    _latest: tuple = (None, None)
+    # The newest of ``versions``, found once per change (``serve``) instead of once per request.
+    _newest: Model | None = None
+
+    def serve(self, versions: dict[str, Model]) -> None:
+        """Serve ``versions`` from now on ({}: none). Nothing else keeps the ones replaced: an unloaded model's
+        sessions are freed once the requests still holding it are done."""
+        self.versions = versions
+        self._newest = versions[max(versions, key=int)] if versions else None
 
     def latest(self) -> Model:
-        versions, model = self._latest
-        if versions is not self.versions:
-            versions = self.versions
-            model = versions[max(versions, key=int)]
-            self._latest = (versions, model)
-        return model
+        """The newest version served (the entry is READY, so there is one)."""
+        assert self._newest is not None, f"model '{self.name}' serves no version"
+        return self._newest
 
 
 def _load_error(name: str, exc: BaseException) -> RequestError:
@@ -158,7 +160,8 @@ class ModelRepository:
             raise _load_error(name, exc) from exc
         with self._lock:
             old = entry.versions
-            entry.versions, entry.state, entry.reason, entry.failed = loaded, READY, "", {}
+            entry.serve(loaded)
+            entry.state, entry.reason, entry.failed = READY, "", {}
             if name in self.startup_failures:
                 self.startup_failures.remove(name)
         self._retire(name, old)
@@ -214,7 +217,8 @@ class ModelRepository:
                 serving = ", ".join(sorted(entry.versions, key=int))
                 old: dict[str, Model] = {}
             else:
-                old, entry.versions, entry.failed = entry.versions, {}, {}
+                old, entry.failed = entry.versions, {}
+                entry.serve({})
                 entry.state, entry.reason, serving = UNAVAILABLE, reason, ""
         event(log, "model_load_failed", "model '%s'%s failed to load: %s%s", entry.name,
               f" version {version}" if version else "", reason,
@@ -246,7 +250,8 @@ class ModelRepository:
                 if entry is None or entry.state == UNLOADED:
                     return
                 old = entry.versions
-                entry.versions, entry.failed = {}, {}
+                entry.serve({})
+                entry.failed = {}
                 entry.state, entry.reason = UNLOADED, "unloaded by request"
                 if name in self.startup_failures:
                     self.startup_failures.remove(name)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import onnx
+import pytest
 from clients import wait_for_pending, wait_until
 from grpc._cython import cygrpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -297,3 +298,41 @@ def test_a_stop_answers_what_waits_in_a_batchers_queue(tmp_path):
     assert all(error is not None for error in errors), errors
     last = server.log().strip().splitlines()[-1]
     assert "were cut by the 0.2 s grace" in last, last
+
+
+@pytest.mark.parametrize("via", ["unary", "stream"])
+def test_an_unloaded_model_is_freed_while_its_clients_stay(via, tmp_path):
+    """After a request (a unary call, or one on a stream that stays open) the model is unloaded: nothing keeps
+    its version (and the ONNX Runtime sessions behind it), neither the repository's entry nor the open stream."""
+    import gc
+    import queue
+    import weakref
+
+    import tritonclient.grpc as tc
+
+    repo = write_model(tmp_path / "models", "add_sub", add_sub_model(), ADD_SUB_CONFIG).parent
+    server = app.TensorwireServer(ServerSettings(model_repository=repo, grpc_port=0, allow_http=False,
+                                                 model_control_mode="explicit", load_models=["add_sub"])).start()
+    try:
+        model = weakref.ref(server.repository.get("add_sub"))
+        answers: queue.Queue = queue.Queue()
+        with tc.InferenceServerClient(f"127.0.0.1:{server.port}") as client:
+            if via == "stream":
+                client.start_stream(callback=lambda result, error: answers.put((result, error)))
+                client.async_stream_infer("add_sub", _add_sub_inputs(1))
+                result, error = answers.get(timeout=60)
+                assert error is None, error
+            else:
+                result = client.infer("add_sub", _add_sub_inputs(1))
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), 2, np.float32))
+            client.unload_model("add_sub")
+
+            def freed() -> bool:
+                gc.collect()
+                return model() is None
+
+            wait_until(freed, "the unloaded model freed")
+            if via == "stream":
+                client.stop_stream()
+    finally:
+        server.stop()
