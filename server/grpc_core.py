@@ -212,6 +212,9 @@ class Pollers:
         self._local = threading.local()
         self.on_start: Callable[[], None] = lambda: None  # run by a poller thread as it starts
         self.on_exit: Callable[[], None] = lambda: None  # run by a poller thread as it ends
+        # Told of each job parked (+1) and taken (-1), with the lock held: the data plane's in-flight count, so
+        # that a stop's grace waits for parked requests and its report counts them.
+        self.on_hold: Callable[[int], None] = lambda _change: None
         self._away = 0  # requests handed to a dynamic batcher, not answered yet (Rpc.later)
         self.trim_epoch = 0  # bumped when a burst is over (release_memory)
         self._trim_arena = thread_arena_trimmer()
@@ -318,21 +321,18 @@ class Pollers:
         self._done.notify_all()
         self.on_exit()
 
-    def work(self, job: Callable[[], None], gate: Gate | None = None,
-             on_park: Callable[[], None] | None = None) -> None:
+    def work(self, job: Callable[[], None], gate: Gate | None = None) -> None:
         """Run ``job`` (a request's work) on this poller, another one polling meanwhile; park it when its
-        gate's or all of ``limit`` slots are taken (``on_park`` runs then, before any poller can take it). A
-        poller that finishes a job takes a parked one (its own gate's first) before it polls again."""
+        gate's or all of ``limit`` slots are taken. A poller that finishes a job takes a parked one (its own
+        gate's first) before it polls again. ``on_hold`` counts the jobs parked (+1 parked, -1 taken)."""
         with self._lock:
             if gate is not None and gate.working >= gate.bound:
                 gate.parked.append(job)
-                if on_park is not None:
-                    on_park()
+                self.on_hold(1)
                 return
             if self.working >= self.limit:
                 self._parked.append((job, gate))
-                if on_park is not None:
-                    on_park()
+                self.on_hold(1)
                 return
             self.working += 1
             if gate is not None:
@@ -357,16 +357,18 @@ class Pollers:
         slot taken (the poller's own slot it keeps); (None, None) if none may run."""
         if freed is not None:
             if freed.parked:
+                self.on_hold(-1)
                 return freed.parked.popleft(), freed
             freed.working -= 1
         while self._parked:
             job, gate = self._parked.popleft()
-            if gate is None:
-                return job, None
-            if gate.working < gate.bound:
+            if gate is not None and gate.working >= gate.bound:
+                gate.parked.append(job)  # its model is busy: it waits for its model's turn instead
+                continue
+            if gate is not None:
                 gate.working += 1
-                return job, gate
-            gate.parked.append(job)  # its model is busy: it waits for its model's turn instead
+            self.on_hold(-1)
+            return job, gate
         return None, None
 
     def away(self, change: int) -> None:
@@ -465,23 +467,15 @@ class Rpc:
             else:
                 gate = self.loop.gate(model)
         received = time.perf_counter_ns()
-        in_flight = self.loop.plane.in_flight
-        parked = []  # [True] once parked: counted in flight while it waits (a stop's grace waits for it too)
 
         def job() -> None:
-            if parked:
-                in_flight.hold(-1)
             self.model, self.waited_ns = model, time.perf_counter_ns() - received
             try:
                 respond(request)
             finally:
                 self.model = None  # a stream lives on: it must not keep an unloaded model's sessions
 
-        def on_park() -> None:
-            parked.append(True)
-            in_flight.hold(1)
-
-        self.loop.pollers.work(job, gate, on_park)
+        self.loop.pollers.work(job, gate)
 
     def later(self, start: Callable[[Callable[[bytes | None, BaseException | None], None]], None]) -> object:
         """Hand this request to its model's dynamic batcher: ``start(then)`` queues it, holding no poller, and
@@ -779,6 +773,7 @@ class CoreFrontend:
         self.single_cpu = len(os.sched_getaffinity(0)) == 1
         self.pollers = Pollers(self._queue, self._dispatch, s.handler_thread_count, rest=not self.single_cpu)
         self.pollers.on_start = self.tally.own_cell
+        self.pollers.on_hold = self.plane.in_flight.hold
         self.pollers.on_exit = self.tally.retire_thread
         for _ in range(CALLS_REQUESTED):
             self._request_call()
