@@ -130,9 +130,12 @@ class ModelStatistics:
         """One run of the model on a batch of ``batch_size`` (one request, or several batched)."""
         with self._lock:
             self.execution_count += 1
+            size = max(batch_size, 1)
             if self.histograms:
-                self.batch_sizes.add(max(batch_size, 1))
-            b = self.batches.setdefault(max(batch_size, 1), _BatchStats())
+                self.batch_sizes.add(size)
+            b = self.batches.get(size)
+            if b is None:  # not setdefault: that would build the stats object on every execution
+                b = self.batches[size] = _BatchStats()
             b.compute_input.add(t.compute_input_ns)
             b.compute_infer.add(t.compute_infer_ns)
             b.compute_output.add(t.compute_output_ns)
