@@ -35,7 +35,11 @@ from tensorwire.bench.report import write_payload
 from tensorwire.bench.triton_perf import DEFAULT_PERF_ANALYZER, Case, run_case
 
 PEERS = ("tensorwire", "tensorwire-grpcio", "grpcio60", "triton")
-CASES = [Case("mlp_c8", "mlp", 1, 8), Case("mlp_c1", "mlp", 1, 1), Case("conv_c1", "conv", 1, 1)]
+CASES = [Case("mlp_c8", "mlp", 1, 8), Case("mlp_c1", "mlp", 1, 1), Case("conv_c1", "conv", 1, 1),
+         Case("small2k_c8", "small2k", 1, 8)]
+# The targets' cases; small2k_c8 (a 2 KB request, next to no compute: what serving costs without the model's run)
+# runs when named.
+DEFAULT_CASES = ("mlp_c8", "mlp_c1", "conv_c1")
 # perf_analyzer's per-step columns (us): the client's, and the server's own from its ModelStatistics.
 STEPS = ("Client Send", "Network+Server Send/Recv", "Server Queue", "Server Compute Input", "Server Compute Infer",
          "Server Compute Output", "Client Recv")
@@ -46,7 +50,7 @@ class Plan:
     perf_analyzer: Path
     triton: Path
     peers: tuple[str, ...] = PEERS
-    cases: tuple[str, ...] = tuple(c.name for c in CASES)
+    cases: tuple[str, ...] = DEFAULT_CASES
     rounds: int = 2
     interval_ms: int = 2000
     max_trials: int = 4
@@ -67,10 +71,11 @@ class Peer:
 def _repository(workdir: Path, pin: bool) -> Path:
     """The models, one CPU instance each when pinned (one core); not pinned, the config names no instance
     group, so tensorwire opens what it opens by default (Triton's: two CPU instances)."""
-    from tensorwire.bench.models import CPU_CONFIG, conv_model, mlp_model, write_repository
+    from tensorwire.bench.models import CPU_CONFIG, conv_model, mlp_model, small_model, write_repository
 
     config = CPU_CONFIG if pin else "max_batch_size: 8\n"
-    return write_repository(workdir / "models", {"conv": (conv_model(), config), "mlp": (mlp_model(), config)})
+    return write_repository(workdir / "models", {"conv": (conv_model(), config), "mlp": (mlp_model(), config),
+                                                 "small2k": (small_model(), config)})
 
 
 def _tensorwire_args(plan: Plan, frontend: str) -> list[str]:
@@ -118,12 +123,21 @@ def _outputs(address: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(11)
     out = {}
     with tc.InferenceServerClient(address) as client:
-        for model, shape in (("mlp", (1, 512)), ("conv", (1, 3, 224, 224))):
+        for model, shape in (("mlp", (1, 512)), ("conv", (1, 3, 224, 224)), ("small2k", (1, 512))):
             x = rng.standard_normal(shape).astype(np.float32)
             inp = tc.InferInput("input", list(shape), "FP32")
             inp.set_data_from_numpy(x)
             out[model] = client.infer(model, [inp]).as_numpy("output")
     return out
+
+
+def _differences(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> str:
+    """'equal' when every model's answer is the reference's bit for bit, else which differ and by how much."""
+    differing = [f"{model} differs (shape {outputs[model].shape} against {ref.shape})"
+                 if outputs[model].shape != ref.shape else
+                 f"{model} differs (max |diff| {np.abs(outputs[model].astype(np.float64) - ref).max():.2g})"
+                 for model, ref in reference.items() if not np.array_equal(outputs[model], ref)]
+    return "; ".join(differing) or "equal"
 
 
 def _run(plan: Plan, peer: Peer, case: Case, workdir: Path, r: int) -> dict[str, Any]:
@@ -147,8 +161,7 @@ def measure(plan: Plan) -> dict[str, Any]:
         repo = _repository(workdir, plan.pin)
         peers = [_start(stack, plan, repo, workdir, name) for name in plan.peers]
         reference = _outputs(peers[0].address)
-        equality = {p.name: all(np.array_equal(v, reference[m]) for m, v in _outputs(p.address).items())
-                    for p in peers}
+        equality = {p.name: _differences(reference, _outputs(p.address)) for p in peers}
         runs = []
         for r in range(plan.rounds):
             order = [(p, c) for c in cases for p in peers]
@@ -237,7 +250,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "| case | peer | " + " | ".join(STEPS) + " |", "| --- | --- |" + " --- |" * len(STEPS), *steps, "",
         "Targets (each ratio the median of per-round ratios):", "",
         "| case | ratio | value | target | |", "| --- | --- | --- | --- | --- |", *_targets(rows, plan["pin"]), "",
-        "Outputs equal tensorwire's bit for bit (one fixed input per model): "
+        "Each peer's outputs against the first peer's, bit for bit (one fixed input per model): "
         + ", ".join(f"{k}: {v}" for k, v in payload["equality"].items() if k != "reference"), "",
         *(["Errors:", "", *errors, ""] if errors else []),
         "perf_analyzer commands (first round; later rounds differ in the address and CSV path):", "",
@@ -250,7 +263,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer", dest="peers", action="append", choices=PEERS, default=[],
                    help=f"a server to measure, repeatable; the first is the reference (default: {', '.join(PEERS)})")
     p.add_argument("--case", dest="cases", action="append", choices=[c.name for c in CASES], default=[],
-                   help="run only this case, repeatable (default: all)")
+                   help=f"run only this case, repeatable (default: {', '.join(DEFAULT_CASES)}; small2k_c8, a 2 KB "
+                   "request to a model with next to no compute, when named)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     p.add_argument("--interval-ms", type=int, default=2000, help="perf_analyzer --measurement-interval (default 2000)")
     p.add_argument("--max-trials", type=int, default=4, help="perf_analyzer --max-trials (default 4)")

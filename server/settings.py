@@ -264,9 +264,9 @@ class ServerSettings:
     intra_op_spinning: bool = setting(
         False, optional_bool=True,
         help="ORT's intra-op pool threads spin-wait between runs instead of sleeping: a shorter p50 at low "
-        "concurrency, paid in CPU per request (more so when idle between requests). Off by default, the one "
-        "setting measured to lose to no peer at either point (docs/serving.md); a model's allow_spinning "
-        "parameter overrides it")
+        "concurrency, paid in CPU per request (more so when idle between requests); a session with one "
+        "intra-op thread has no pool threads, and nothing changes. Off by default, the one setting measured "
+        "to lose to no peer at either point (docs/serving.md); a model's allow_spinning parameter overrides it")
     trt_cache_dir: Path = setting(
         factory=_trt_cache_default, parse=Path, metavar="DIR", shown="TENSORWIRE_TRT_CACHE or ~/.cache/tensorwire/trt",
         help="where TensorRT keeps its engine cache")

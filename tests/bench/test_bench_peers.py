@@ -61,3 +61,12 @@ def test_ratios_are_taken_within_each_round():
     assert mine["throughput_vs_triton"] == np.median([3.0, 1.5])  # not 450 / 250
     assert mine["cpu_us_vs_triton"] == np.median([0.5, 0.25])
     assert mine["steps_us"]["Server Queue"] == 5.0 and mine["steps_us"]["Client Send"] is None
+
+
+def test_outputs_are_compared_bit_for_bit_and_a_difference_says_which_model_and_how_much():
+    reference = {"mlp": np.array([[1.0, 2.0]], np.float32), "small2k": np.array([[0.5]], np.float32)}
+    assert peers._differences(reference, {k: v.copy() for k, v in reference.items()}) == "equal"
+    nudged = {"mlp": reference["mlp"].copy(), "small2k": np.nextafter(reference["small2k"], np.float32(1))}
+    assert peers._differences(reference, nudged) == "small2k differs (max |diff| 6e-08)"
+    reshaped = {"mlp": reference["mlp"].reshape(2, 1), "small2k": reference["small2k"]}
+    assert peers._differences(reference, reshaped) == "mlp differs (shape (2, 1) against (1, 2))"
