@@ -68,9 +68,13 @@ class InFlight:
         self.waiting = 0
 
     def hold(self, change: int) -> None:
-        """+1: a transport holds a request back before its model; -1: the request goes on to its model."""
+        """+1: a transport holds a request back before its model; -1: the request goes on to its model (which
+        counts it as it enters); 0: such a request's work ended, maybe failing before its model (a body that
+        does not decode), so a drain waiting for it looks again."""
         with self._lock:
             self.waiting += change
+            if not change and self._idle():
+                self._lock.notify_all()
 
     def enter(self) -> None:
         with self._lock:
@@ -79,7 +83,7 @@ class InFlight:
     def leave(self) -> None:
         with self._lock:
             self.finished += 1
-            if self.finished == self.started:
+            if self._idle():
                 self._lock.notify_all()
 
     def __enter__(self) -> None:
@@ -91,7 +95,10 @@ class InFlight:
     def wait_idle(self, timeout_s: float) -> bool:
         """Until no request is being served or held back (True), or ``timeout_s`` passed (False)."""
         with self._lock:
-            return self._lock.wait_for(lambda: self.finished == self.started and not self.waiting, timeout_s)
+            return self._lock.wait_for(self._idle, timeout_s)
+
+    def _idle(self) -> bool:  # with the lock held
+        return self.finished == self.started and not self.waiting
 
     def snapshot(self) -> tuple[int, int]:
         """(requests started, held back ones included; requests finished)."""

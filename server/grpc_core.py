@@ -212,8 +212,9 @@ class Pollers:
         self._local = threading.local()
         self.on_start: Callable[[], None] = lambda: None  # run by a poller thread as it starts
         self.on_exit: Callable[[], None] = lambda: None  # run by a poller thread as it ends
-        # Told of each job parked (+1) and taken (-1), with the lock held: the data plane's in-flight count, so
-        # that a stop's grace waits for parked requests and its report counts them.
+        # Told of each job parked (+1), taken (-1) and done once taken (0), with the lock held: the data plane's
+        # in-flight count (InFlight.hold), so that a stop's grace waits for parked requests and its report counts
+        # them.
         self.on_hold: Callable[[int], None] = lambda _change: None
         self._away = 0  # requests handed to a dynamic batcher, not answered yet (Rpc.later)
         self.trim_epoch = 0  # bumped when a burst is over (release_memory)
@@ -324,7 +325,7 @@ class Pollers:
     def work(self, job: Callable[[], None], gate: Gate | None = None) -> None:
         """Run ``job`` (a request's work) on this poller, another one polling meanwhile; park it when its
         gate's or all of ``limit`` slots are taken. A poller that finishes a job takes a parked one (its own
-        gate's first) before it polls again. ``on_hold`` counts the jobs parked (+1 parked, -1 taken)."""
+        gate's first) before it polls again. ``on_hold`` counts the jobs parked (+1 parked, -1 taken, 0 done)."""
         with self._lock:
             if gate is not None and gate.working >= gate.bound:
                 gate.parked.append(job)
@@ -338,13 +339,17 @@ class Pollers:
             if gate is not None:
                 gate.working += 1
             self._wake()
+        parked = False  # whether ``job`` was taken from the parked ones
         while job is not None:
             try:
                 job()
             except Exception:
                 log.exception("internal error in the gRPC serving loop")
             with self._lock:
+                if parked:
+                    self.on_hold(0)  # it may have failed before its model: a drain waiting for it looks again
                 job, gate = self._next(gate)
+                parked = job is not None
                 if job is None:
                     self.working -= 1
                     self._done.notify_all()

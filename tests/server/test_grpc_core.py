@@ -149,13 +149,14 @@ def test_health_calls_have_a_bound_of_their_own(tmp_path):
         wait_until(answers, "health answers once the Watch streams ended")
 
 
-def _matmul_chain(width: int, layers: int) -> onnx.ModelProto:
-    """A model slow enough (about 10 ms on one thread) for requests to queue behind its one instance."""
+def _matmul_chain(width: int, layers: int, shared: bool = False) -> onnx.ModelProto:
+    """A model slow enough (about 10 ms on one thread) for requests to queue behind its one instance; with
+    ``shared`` every layer multiplies by one weight, so a long chain stays a small file."""
     rng = np.random.default_rng(0)
     names = ["INPUT"] + [f"h{i}" for i in range(1, layers)] + ["OUTPUT"]
     weights = [numpy_helper.from_array((rng.standard_normal((width, width)) / width).astype(np.float32), f"w{i}")
-               for i in range(layers)]
-    nodes = [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]]) for i in range(layers)]
+               for i in range(1 if shared else layers)]
+    nodes = [helper.make_node("MatMul", [names[i], f"w{0 if shared else i}"], [names[i + 1]]) for i in range(layers)]
     graph = helper.make_graph(nodes, "chain",
                               [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["batch", width])],
                               [helper.make_tensor_value_info("OUTPUT", TensorProto.FLOAT, ["batch", width])],
@@ -336,3 +337,39 @@ def test_an_unloaded_model_is_freed_while_its_clients_stay(via, tmp_path):
                 client.stop_stream()
     finally:
         server.stop()
+
+
+def test_a_stop_ends_once_a_parked_request_that_fails_before_its_model_is_answered(tmp_path):
+    """Three requests wait parked behind a busy instance when the stop begins (60 s grace); the last one's body
+    does not decode, so it fails before it reaches its model. The stop ends once it is answered
+    (INVALID_ARGUMENT), not when the grace runs out, and its report counts all four, none cut."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as tc
+    from tritonclient.grpc import service_pb2
+
+    repo = write_model(tmp_path / "models", "chain", _matmul_chain(2048, 600, shared=True),  # ~1 s a request
+                       "max_batch_size: 8\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n").parent
+    server = app.TensorwireServer(ServerSettings(model_repository=repo, grpc_port=0, allow_http=False,
+                                                 intra_op_threads=1)).start()
+    in_flight, address = server.plane.in_flight, f"127.0.0.1:{server.port}"
+    # Its model's name reads (so it is parked behind its model), its inputs do not: a tensor cut short.
+    bad = service_pb2.ModelInferRequest(model_name="chain").SerializeToString() + b"\x2a\x03\xff\xff\xff"
+    inp = tc.InferInput("INPUT", [8, 2048], "FP32")
+    inp.set_data_from_numpy(np.ones((8, 2048), np.float32))
+    with tc.InferenceServerClient(address) as client, grpc.insecure_channel(address) as channel, \
+            ThreadPoolExecutor(4) as pool:
+        busy = [pool.submit(client.infer, "chain", [inp], client_timeout=120) for _ in range(3)]
+        wait_until(lambda: in_flight.waiting >= 3 - (1 + server.grpc.single_cpu), "requests parked")
+        refused = pool.submit(channel.unary_unary("/inference.GRPCInferenceService/ModelInfer"), bad, timeout=120)
+        wait_until(lambda: in_flight.waiting >= 4 - (1 + server.grpc.single_cpu), "the bad request parked")
+        began = time.monotonic()
+        report = server.stop(grace=60)
+        took = time.monotonic() - began
+        assert all(f.result(60).as_numpy("OUTPUT").shape == (8, 2048) for f in busy)
+        with pytest.raises(grpc.RpcError) as err:
+            refused.result(60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert (report.in_flight, report.cut) == (4, 0)
+    assert took < 30, f"the stop took {took:.1f} s of its 60 s grace"
