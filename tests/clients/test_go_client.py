@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from system_tools import require_system
+
+from tensorwire.bench.procnet import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "tests" / "go" / "build.sh"
@@ -109,9 +110,7 @@ def test_go_client_infers_add_sub(go_client: GoClient, server) -> None:
 
 def test_go_client_reports_unreachable_server(go_client: GoClient) -> None:
     """With nothing listening, the program fails with a message and a non-zero exit, not OK."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again before the client dials: nothing listens there
+    port = free_port()  # closed again before the client dials: nothing listens there
     proc = go_client.run("-addr", f"127.0.0.1:{port}", "-timeout", "2s", timeout=60)
     report = _describe(proc)
     assert proc.returncode != 0, f"Go client succeeded with no server: {report}"
